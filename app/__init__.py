@@ -1,0 +1,29 @@
+"""The gateway: a Flask app that accepts FunASR-protocol WebSocket sessions and relays them to Celery workers.
+
+``create_app(settings)`` builds everything; importing this package connects to nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from config.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the gateway app and start its background parts (queue monitor, result router)."""
+    from app import api, ws
+    from app.services import Services
+
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.json.ensure_ascii = False  # transcripts are mostly CJK text
+    app.extensions["asr"] = Services.build(settings)
+    app.register_blueprint(api.bp)
+    ws.init_app(app)
+    logger.info("gateway ready: redis %s, queue %s", settings.redis_url, settings.queue)
+    return app

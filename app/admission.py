@@ -1,0 +1,66 @@
+"""Who may open a session now: authentication, origin, per-client limits and back-end capacity (no I/O).
+
+Decided before the WebSocket handshake, so a refusal is a plain HTTP response with a JSON body — 503 with
+``Retry-After`` when the service is full or has no worker, 401/403/429 for the client's own problems — instead of
+an accepted session that would later time out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.monitor import Snapshot
+from config.settings import Settings
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    code: str
+    message: str
+    retry_after: int | None = None
+
+    def body(self) -> dict:
+        return {"type": "error", "code": self.code, "message": self.message}
+
+
+def token_ok(settings: Settings, header: str | None, query_token: str | None) -> bool:
+    """True when no token is configured, or the request carries it (Bearer header or ?token=)."""
+    if not settings.api_token:
+        return True
+    if header and header.startswith("Bearer ") and header[7:] == settings.api_token:
+        return True
+    return query_token == settings.api_token
+
+
+def origin_ok(settings: Settings, origin: str | None) -> bool:
+    allowed = [o.strip() for o in settings.allowed_origins.split(",") if o.strip()]
+    return not allowed or origin in allowed
+
+
+def capacity_refusal(settings: Settings, snapshot: Snapshot, room: bool) -> Refusal | None:
+    """Refuse when Redis is down, no worker is alive, too much work waits, or every worker is full."""
+    retry = settings.retry_after
+    if not snapshot.redis_ok:
+        return Refusal(503, "backend_unavailable", f"Redis is unreachable: {snapshot.redis_error}", retry)
+    if not snapshot.workers:
+        return Refusal(503, "no_worker", "no recognition worker is running", retry)
+    if snapshot.pending > settings.max_pending:
+        return Refusal(503, "overloaded",
+                       f"{snapshot.pending} chunks are waiting (limit {settings.max_pending}); try again later", retry)
+    if not room:
+        return Refusal(503, "at_capacity", "every worker is serving its maximum number of streams", retry)
+    return None
+
+
+def admit(settings: Settings, snapshot: Snapshot, *, room: bool, client_sessions: int,
+          auth_header: str | None, query_token: str | None, origin: str | None) -> Refusal | None:
+    """The first reason to refuse a new session, or None to admit it."""
+    if not token_ok(settings, auth_header, query_token):
+        return Refusal(401, "unauthorized", "a valid API token is required")
+    if not origin_ok(settings, origin):
+        return Refusal(403, "origin_not_allowed", f"origin {origin!r} is not allowed")
+    limit = settings.max_sessions_per_client
+    if limit and client_sessions >= limit:
+        return Refusal(429, "too_many_sessions", f"this client already has {client_sessions} open sessions")
+    return capacity_refusal(settings, snapshot, room)

@@ -1,0 +1,68 @@
+"""HTTP endpoints: ``/healthz`` for probes and ``/api/queue`` for operators and dashboards."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+
+from app.admission import capacity_refusal, token_ok
+from app.services import Services
+
+bp = Blueprint("api", __name__)
+
+DEFAULT_MODEL_WARNING = (
+    "workers serve the embedded tiny random-weight model: transcripts are meaningless; set ASR_MODEL"
+)
+
+
+def services() -> Services:
+    return current_app.extensions["asr"]
+
+
+@bp.get("/healthz")
+def healthz():
+    """200 when Redis answers and at least one worker is alive, else 503; the body says which part failed."""
+    svc = services()
+    snapshot = svc.monitor.snapshot
+    warnings = []
+    if any(w.get("model_is_default") for w in snapshot.workers.values()):
+        warnings.append(DEFAULT_MODEL_WARNING)
+    models = sorted({str(w.get("model")) for w in snapshot.workers.values()})
+    healthy = snapshot.redis_ok and bool(snapshot.workers)
+    body = {
+        "status": "ok" if healthy else "unavailable",
+        "redis": {"ok": snapshot.redis_ok, "error": snapshot.redis_error},
+        "workers": len(snapshot.workers),
+        "models": models,
+        "default_model": any(w.get("model_is_default") for w in snapshot.workers.values()),
+        "warnings": warnings,
+    }
+    return jsonify(body), 200 if healthy else 503
+
+
+@bp.get("/api/queue")
+def queue_state():
+    """Queue depths, workers and sessions as JSON; the same numbers drive admission and queue_status."""
+    svc = services()
+    if not token_ok(svc.settings, request.headers.get("Authorization"), request.args.get("token")):
+        return jsonify({"type": "error", "code": "unauthorized", "message": "a valid API token is required"}), 401
+    snapshot = svc.monitor.snapshot
+    room = any(svc.dispatcher.has_room(w, info) for w, info in snapshot.workers.items())
+    refusal = capacity_refusal(svc.settings, snapshot, room)
+    workers = [
+        {"id": w, "queue": info.get("queue"), "pending": snapshot.queues.get(info.get("queue", ""), 0),
+         "streams": info.get("streams", 0), "max_streams": info.get("max_streams", 0),
+         "concurrency": info.get("concurrency"), "pool": info.get("pool"), "recognizer": info.get("recognizer"),
+         "device": info.get("device"), "stats": info.get("stats", {})}
+        for w, info in sorted(snapshot.workers.items())
+    ]
+    return jsonify({
+        "pending": snapshot.pending,
+        "queues": snapshot.queues,
+        "workers": workers,
+        "streams": snapshot.streams(),
+        "gateway_sessions": svc.sessions.count(),
+        "max_pending": svc.settings.max_pending,
+        "admitting": refusal is None,
+        "refusal": refusal.body() if refusal else None,
+        "sampled_at": snapshot.taken_at,
+    })

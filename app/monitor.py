@@ -1,0 +1,125 @@
+"""The gateway's view of the back end: live workers, queue depths, and the pruning of dead workers' queues.
+
+One background thread per gateway process samples Redis every ``monitor_interval`` (one pipelined round trip
+for the heartbeats, one for the queue lengths) and publishes an immutable :class:`Snapshot`. Everything that
+needs load information — admission, worker choice, ``queue_status`` pushes, ``/api/queue`` — reads the latest
+snapshot instead of asking Redis per session.
+
+Pending work is the total length of the Redis lists behind the shared queue and every worker's private queue,
+priority-suffixed lists included (see tasks.wire.queue_keys).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import redis
+
+from tasks import wire
+from tasks.wire import Keys
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Back-end state at ``taken_at``; ``redis_error`` is set when Redis could not be read."""
+
+    taken_at: float = 0.0
+    workers: dict[str, dict] = field(default_factory=dict)  # live worker id → its heartbeat body
+    queues: dict[str, int] = field(default_factory=dict)  # queue name → waiting tasks
+    redis_error: str | None = "not sampled yet"
+
+    @property
+    def pending(self) -> int:
+        return sum(self.queues.values())
+
+    @property
+    def redis_ok(self) -> bool:
+        return self.redis_error is None
+
+    def streams(self) -> int:
+        return sum(int(w.get("streams", 0)) for w in self.workers.values())
+
+
+class Monitor:
+    """Samples Redis in a background thread; :attr:`snapshot` is always the latest sample."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, base_queue: str, interval: float = 0.25) -> None:
+        self.client = client
+        self.keys = keys
+        self.base_queue = base_queue
+        self.interval = interval
+        self.snapshot = Snapshot()
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "Monitor":
+        self.sample()
+        self._thread = threading.Thread(target=self._run, name="asr-monitor", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def wait_for_update(self, timeout: float) -> Snapshot:
+        """Block until the next sample (or timeout) and return the latest snapshot."""
+        with self._changed:
+            self._changed.wait(timeout)
+        return self.snapshot
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def sample(self) -> Snapshot:
+        """Read workers and queue depths now; prune workers whose heartbeat expired."""
+        try:
+            snapshot = self._read()
+        except redis.RedisError as exc:
+            if self.snapshot.redis_ok:
+                logger.warning("cannot read Redis: %s", exc)
+            snapshot = Snapshot(taken_at=time.time(), redis_error=str(exc) or type(exc).__name__)
+        self.snapshot = snapshot
+        with self._changed:
+            self._changed.notify_all()
+        return snapshot
+
+    def _read(self) -> Snapshot:
+        ids = sorted(m.decode() if isinstance(m, bytes) else m for m in self.client.smembers(self.keys.workers))
+        bodies = self.client.mget([self.keys.worker(i) for i in ids]) if ids else []
+        workers, dead = {}, []
+        for worker_id, body in zip(ids, bodies):
+            if body is None:
+                dead.append(worker_id)
+            else:
+                workers[worker_id] = json.loads(body)
+        queues = [self.base_queue] + [w.get("queue") or wire.worker_queue(self.base_queue, i) for i, w in workers.items()]
+        depths = self._depths(queues)
+        if dead:
+            self._prune(dead)
+        return Snapshot(taken_at=time.time(), workers=workers, queues=depths, redis_error=None)
+
+    def _depths(self, queues: list[str]) -> dict[str, int]:
+        pipe = self.client.pipeline(transaction=False)
+        for queue in queues:
+            for key in wire.queue_keys(queue):
+                pipe.llen(key)
+        lengths = pipe.execute()
+        steps = len(wire.PRIORITY_STEPS)
+        return {q: sum(lengths[i * steps:(i + 1) * steps]) for i, q in enumerate(queues)}
+
+    def _prune(self, dead: list[str]) -> None:
+        """Forget dead workers and drop their private queues: their sessions are replayed elsewhere."""
+        pipe = self.client.pipeline(transaction=False)
+        for worker_id in dead:
+            pipe.srem(self.keys.workers, worker_id)
+            pipe.delete(*wire.queue_keys(wire.worker_queue(self.base_queue, worker_id)))
+        pipe.execute()
+        logger.warning("worker(s) %s stopped heartbeating; removed with their queues", ", ".join(dead))

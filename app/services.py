@@ -1,0 +1,70 @@
+"""The long-lived objects of one gateway process, built once by the app factory and shared by all requests."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+import redis
+from celery import Celery
+
+from app.dispatch import Dispatcher
+from app.monitor import Monitor
+from app.results import ResultRouter
+from config.settings import Settings
+from tasks.celery_app import create_celery_app
+from tasks.wire import Keys
+
+
+class SessionTable:
+    """Open sessions of this gateway process, by id and by client address. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._clients: dict[str, str] = {}
+        self._per_client: Counter[str] = Counter()
+
+    def add(self, session_id: str, client: str) -> None:
+        with self._lock:
+            self._clients[session_id] = client
+            self._per_client[client] += 1
+
+    def remove(self, session_id: str) -> None:
+        with self._lock:
+            client = self._clients.pop(session_id, None)
+            if client is not None:
+                self._per_client[client] -= 1
+                if self._per_client[client] <= 0:
+                    del self._per_client[client]
+
+    def count(self, client: str | None = None) -> int:
+        with self._lock:
+            return len(self._clients) if client is None else self._per_client.get(client, 0)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: redis.Redis
+    celery: Celery
+    keys: Keys
+    monitor: Monitor
+    router: ResultRouter
+    dispatcher: Dispatcher
+    sessions: SessionTable = field(default_factory=SessionTable)
+
+    @classmethod
+    def build(cls, settings: Settings) -> "Services":
+        """Create and start the background parts (monitor, result router). No model, no Celery worker."""
+        client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3,
+                                      health_check_interval=10)
+        keys = Keys(settings.key_prefix)
+        celery = create_celery_app(settings)
+        monitor = Monitor(client, keys, settings.queue, settings.monitor_interval).start()
+        router = ResultRouter(client, keys).start()
+        return cls(settings, client, celery, keys, monitor, router, Dispatcher(celery, settings, monitor))
+
+    def stop(self) -> None:
+        self.monitor.stop()
+        self.router.stop()

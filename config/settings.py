@@ -1,0 +1,149 @@
+"""Typed settings for the gateway and the workers, read once from ``ASR_``-prefixed environment variables.
+
+Every setting is a field of :class:`Settings` with its default and unit beside it; the README's configuration
+table is generated from the same field metadata (``python -m config``). Nothing else in the code reads
+``os.environ``: the gateway factory and the Celery app take a ``Settings`` object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+PREFIX = "ASR_"
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Where the run command puts the generated random-weight model when ``ASR_MODEL`` is empty.
+DEFAULT_MODEL_DIR = ROOT / "models" / "paraformer-zh-streaming-tiny"
+
+
+def _setting(default: Any, doc: str, unit: str = "") -> Any:
+    return field(default=default, metadata={"doc": doc, "unit": unit})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All tunables of the service. Instances are immutable; build one with :meth:`from_env`."""
+
+    # --- plumbing -------------------------------------------------------------------------------------------------
+    redis_url: str = _setting("redis://127.0.0.1:6379/0", "Redis for results, registry and queue inspection")
+    broker_url: str = _setting("", "Celery broker; empty means the same as redis_url")
+    queue: str = _setting("gpu", "Celery queue family for chunk tasks; each worker also owns '<queue>.<hostname>'")
+    key_prefix: str = _setting("asr:", "Prefix of every Redis key and channel this service writes")
+
+    # --- model ----------------------------------------------------------------------------------------------------
+    model: str = _setting(
+        "",
+        "FunASR model: a local folder or a hub name (e.g. paraformer-zh-streaming). Empty: the embedded tiny "
+        "random-weight model, generated on first use (transcripts are meaningless)",
+    )
+    model_revision: str = _setting("", "Hub revision for a hub model name; empty for the hub's default")
+    default_model_dir: str = _setting(str(DEFAULT_MODEL_DIR), "Where the embedded default model is generated")
+    device: str = _setting("cpu", "torch device for the model: cpu, cuda, cuda:1 …")
+    ncpu: int = _setting(1, "torch intra-op threads per worker process", "threads")
+    batch_max_size: int = _setting(64, "Most stream-chunks one forward pass takes", "chunks")
+    batch_max_wait_ms: float = _setting(
+        5.0, "How long the batcher waits for more ready chunks after the first, before a forward pass", "ms"
+    )
+    batching: bool = _setting(True, "Batch chunks of many streams into one forward pass (false: one call each)")
+    encoder_chunk_look_back: int = _setting(4, "Default encoder look-back of the streaming model", "chunks")
+    decoder_chunk_look_back: int = _setting(1, "Default decoder look-back of the streaming model", "chunks")
+    fault_injection: bool = _setting(
+        False, "Chaos testing only: a stream whose wav_name starts with '__raise__' makes the recognizer raise"
+    )
+
+    # --- sessions -------------------------------------------------------------------------------------------------
+    max_frame_bytes: int = _setting(1 << 20, "Largest binary WebSocket frame accepted", "bytes")
+    max_text_bytes: int = _setting(64 << 10, "Largest text WebSocket message accepted", "bytes")
+    idle_timeout: float = _setting(30.0, "Gateway closes a session that sends nothing for this long", "s")
+    stream_idle_timeout: float = _setting(120.0, "Worker frees a stream's model state unused for this long", "s")
+    chunk_timeout: float = _setting(
+        60.0, "A chunk without a result this long after submission ends the session with an error", "s"
+    )
+    replay_max_seconds: float = _setting(
+        600.0, "Audio of the current utterance kept by the gateway to replay on another worker", "s"
+    )
+    max_sessions_per_client: int = _setting(0, "Concurrent sessions one client address may hold; 0 = no limit")
+    api_token: str = _setting("", "If set, /ws and /api require it as 'Authorization: Bearer …' or ?token=…")
+    allowed_origins: str = _setting("", "Comma-separated Origin values allowed on /ws; empty allows any")
+
+    # --- capacity and admission -----------------------------------------------------------------------------------
+    max_pending: int = _setting(5000, "New sessions are refused (503) while more chunk tasks than this wait")
+    worker_max_streams: int = _setting(
+        0, "Open streams one worker accepts; 0 = no limit. Admission refuses when every worker is full"
+    )
+    queue_status_interval: float = _setting(1.0, "How often queue_status is pushed to each client", "s")
+    queue_status_step: int = _setting(
+        10, "queue_status is also pushed when pending changes by at least this much", "tasks"
+    )
+    monitor_interval: float = _setting(0.25, "How often the gateway samples queue depth and workers", "s")
+    retry_after: int = _setting(5, "Retry-After sent with a 503", "s")
+
+    # --- gateway process ------------------------------------------------------------------------------------------
+    bind: str = _setting("127.0.0.1:8000", "host:port the gateway listens on (gunicorn)")
+    gateway_processes: int = _setting(1, "gunicorn worker processes for the gateway", "processes")
+    gateway_connections: int = _setting(2000, "Open connections per gateway process (gevent)", "connections")
+    log_level: str = _setting("info", "Log level of gateway and workers")
+
+    # --- workers --------------------------------------------------------------------------------------------------
+    heartbeat_interval: float = _setting(1.0, "Worker heartbeat period", "s")
+    heartbeat_ttl: float = _setting(
+        4.0, "A worker whose heartbeat is older than this is dead: its sessions move elsewhere", "s"
+    )
+    chunk_task_expires: float = _setting(300.0, "Chunk tasks not started within this are discarded", "s")
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def model_is_default(self) -> bool:
+        return not self.model
+
+    @property
+    def model_path(self) -> str:
+        return self.model or self.default_model_dir
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Build settings from ``ASR_*`` variables; explicit ``overrides`` win over the environment."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse(f, raw)
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+def _parse(f: dataclasses.Field, raw: str) -> Any:
+    kind = type(f.default)
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if kind in (int, float):
+            return kind(raw)
+        return raw
+    except ValueError as exc:
+        raise ValueError(f"{PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from exc
+
+
+def describe() -> list[tuple[str, str, str, str]]:
+    """(variable, default, unit, doc) rows for the README's configuration table."""
+    rows = []
+    for f in dataclasses.fields(Settings):
+        default = f.default if f.name != "default_model_dir" else "models/paraformer-zh-streaming-tiny"
+        rows.append((PREFIX + f.name.upper(), repr(default), f.metadata.get("unit", ""), f.metadata["doc"]))
+    return rows

@@ -1,0 +1,105 @@
+"""Celery tasks (one per chunk, one to close a stream) and the worker hooks that create the process's runtime.
+
+Hooks, in the order Celery fires them in the worker process:
+
+* ``worker_init``: refuse pools that would run tasks outside this process (prefork, eventlet, gevent): the
+  model and the streams' state live here, so a task must run here.
+* ``celeryd_after_setup``: add this worker's private queue ``<queue>.<hostname>`` to what it consumes.
+* ``worker_ready``: create the :class:`~tasks.runtime.WorkerRuntime` and start loading the model.
+* ``worker_shutting_down``: deregister, so gateways move this worker's sessions elsewhere at once.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task, signals
+from celery.concurrency import get_implementation
+
+from config.settings import Settings
+from tasks import wire
+from tasks.errors import ProtocolError
+from tasks.runtime import WorkerRuntime
+from tasks.wire import ChunkJob, ChunkResult
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_POOLS = ("threads", "solo")
+_runtime: WorkerRuntime | None = None
+
+
+def _pool_name(pool_cls) -> str:
+    cls = get_implementation(pool_cls)
+    return {get_implementation(name): name for name in ("threads", "solo", "prefork")}.get(cls, cls.__module__)
+
+
+@signals.worker_init.connect
+def _check_pool(sender, **_kwargs) -> None:
+    pool = _pool_name(sender.pool_cls)
+    if pool not in SUPPORTED_POOLS:
+        raise SystemExit(
+            f"pool {pool!r} cannot serve streaming sessions: use --pool threads (the default) or solo. "
+            "One worker process holds one model copy; run more worker processes to use more cores or GPUs."
+        )
+
+
+@signals.celeryd_after_setup.connect
+def _add_private_queue(sender: str, instance, **_kwargs) -> None:
+    global _runtime
+    settings: Settings = instance.app.conf.asr_settings
+    queue = wire.worker_queue(settings.queue, sender)
+    instance.app.amqp.queues.select_add(queue)
+    _runtime = WorkerRuntime(settings, sender, queue, instance.concurrency, _pool_name(instance.pool_cls))
+    logger.info("worker %s consumes %s and %s (pool %s, concurrency %s)",
+                sender, settings.queue, queue, _runtime.pool, instance.concurrency)
+
+
+@signals.worker_ready.connect
+def _start_runtime(**_kwargs) -> None:
+    if _runtime is not None:
+        _runtime.start()
+
+
+@signals.worker_shutting_down.connect
+def _stop_runtime(**_kwargs) -> None:
+    if _runtime is not None:
+        _runtime.stop()
+
+
+def _runtime_or_fail(job: ChunkJob) -> WorkerRuntime | None:
+    """The ready runtime, or None after telling the session this worker cannot serve it."""
+    runtime = _runtime
+    if runtime is None:
+        raise RuntimeError("chunk task ran outside a worker started with `celery -A tasks worker`")
+    runtime.ready.wait()
+    if runtime.failed is None:
+        return runtime
+    result = ChunkResult(job.stream, job.seq, error=f"model failed to load: {runtime.failed}",
+                         code="model_load_failed", worker=runtime.worker_id)
+    runtime.redis.publish(job.channel, result.encode())
+    return None
+
+
+@shared_task(name=wire.TASK_CHUNK, ignore_result=True)
+def transcribe_chunk(payload: dict) -> None:
+    """Recognize one chunk of a stream; returns once its result is published on the session's channel."""
+    try:
+        job = ChunkJob.from_wire(payload)
+    except ProtocolError as exc:
+        logger.error("dropping chunk task: %s", exc.message)
+        return
+    runtime = _runtime_or_fail(job)
+    if runtime is None or runtime.engine is None:
+        return
+    try:
+        runtime.engine.submit(job).wait(timeout=runtime.settings.chunk_timeout)
+    except TimeoutError:
+        logger.warning("chunk %s of %s still waiting after %.0f s", job.seq, job.stream, runtime.settings.chunk_timeout)
+
+
+@shared_task(name=wire.TASK_CLOSE_STREAM, ignore_result=True)
+def close_stream(stream: str) -> None:
+    """Free a stream's model state now (the session ended) instead of at its idle timeout."""
+    runtime = _runtime
+    if runtime is not None and runtime.engine is not None:
+        runtime.engine.close_stream(str(stream))
