@@ -28,6 +28,7 @@ class SessionRecord:
     connected: float | None = None
     refused_status: int | None = None  # HTTP status when the handshake was refused (503, 401 …)
     refused_body: dict | None = None
+    refused_headers: dict[str, str] = field(default_factory=dict)
     messages: list[tuple[float, dict]] = field(default_factory=list)
     chunk_ends: list[float] = field(default_factory=list)  # when each full chunk's audio had been sent
     speech_end: float | None = None  # when {"is_speaking": false} was sent
@@ -94,6 +95,7 @@ class StreamClient:
         except InvalidStatus as exc:
             rec.refused_status = exc.response.status_code
             rec.refused_body = _json_or_none(exc.response.body)
+            rec.refused_headers = {k.lower(): v for k, v in exc.response.headers.raw_items()}
         except asyncio.TimeoutError:
             rec.error = "timeout"
         except ConnectionClosed as exc:  # the server closed while we were still sending

@@ -20,12 +20,13 @@ import redis
 from config.settings import Settings
 from tasks import modelgen
 from tasks.engine import Engine
-from tasks.errors import ModelLoadError
 from tasks.recognizer import FaultInjectingRecognizer, FunASRStreamingRecognizer, StreamingRecognizer
 from tasks.registry import Heartbeat
 from tasks.wire import ChunkResult, Keys
 
 logger = logging.getLogger(__name__)
+
+EXIT_MODEL_LOAD_FAILED = 3  # the worker's exit status when its model cannot be loaded
 
 DEFAULT_MODEL_BANNER = (
     "NO MODEL CONFIGURED: serving the embedded tiny paraformer-zh-streaming with RANDOM WEIGHTS from %s. "
@@ -80,7 +81,6 @@ class WorkerRuntime:
         self.engine: Engine | None = None
         self.heartbeat: Heartbeat | None = None
         self.ready = threading.Event()
-        self.failed: BaseException | None = None
         self.started_at = time.time()
 
     def start(self) -> None:
@@ -91,11 +91,9 @@ class WorkerRuntime:
         t0 = time.monotonic()
         try:
             recognizer = build_recognizer(self.settings)
-        except (ModelLoadError, OSError) as exc:
-            self.failed = exc
-            logger.critical("worker %s cannot serve: %s", self.worker_id, exc)
-            self.ready.set()
-            return
+        except Exception as exc:  # noqa: BLE001 - process boundary: a worker without a model is useless
+            logger.critical("worker %s cannot load its model, exiting: %s", self.worker_id, exc, exc_info=True)
+            os._exit(EXIT_MODEL_LOAD_FAILED)  # from a thread, SystemExit would not stop the worker
         self.engine = Engine(
             recognizer,
             RedisPublisher(self.redis),

@@ -20,7 +20,7 @@ from config.settings import Settings
 from tasks import wire
 from tasks.errors import ProtocolError
 from tasks.runtime import WorkerRuntime
-from tasks.wire import ChunkJob, ChunkResult
+from tasks.wire import ChunkJob
 
 logger = logging.getLogger(__name__)
 
@@ -66,18 +66,13 @@ def _stop_runtime(**_kwargs) -> None:
         _runtime.stop()
 
 
-def _runtime_or_fail(job: ChunkJob) -> WorkerRuntime | None:
-    """The ready runtime, or None after telling the session this worker cannot serve it."""
+def _ready_runtime() -> WorkerRuntime:
+    """This process's runtime once its model is loaded (a worker whose model fails to load exits instead)."""
     runtime = _runtime
     if runtime is None:
         raise RuntimeError("chunk task ran outside a worker started with `celery -A tasks worker`")
     runtime.ready.wait()
-    if runtime.failed is None:
-        return runtime
-    result = ChunkResult(job.stream, job.seq, error=f"model failed to load: {runtime.failed}",
-                         code="model_load_failed", worker=runtime.worker_id)
-    runtime.redis.publish(job.channel, result.encode())
-    return None
+    return runtime
 
 
 @shared_task(name=wire.TASK_CHUNK, ignore_result=True)
@@ -88,9 +83,8 @@ def transcribe_chunk(payload: dict) -> None:
     except ProtocolError as exc:
         logger.error("dropping chunk task: %s", exc.message)
         return
-    runtime = _runtime_or_fail(job)
-    if runtime is None or runtime.engine is None:
-        return
+    runtime = _ready_runtime()
+    assert runtime.engine is not None
     try:
         runtime.engine.submit(job).wait(timeout=runtime.settings.chunk_timeout)
     except TimeoutError:

@@ -41,7 +41,7 @@ def logdir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def stack(redis_url, tiny_model, logdir):
     """The shared stack: two worker processes (batched recognizer, fault injection on) and one gateway."""
-    s = Stack("main", redis_url, str(tiny_model), logdir, settings={"fault_injection": 1, "batching": 0})
+    s = Stack("main", redis_url, str(tiny_model), logdir, settings={"fault_injection": 1})
     try:
         s.start_worker("w1", wait=False)
         s.start_worker("w2", wait=False)
