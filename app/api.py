@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from flask import Blueprint, current_app, jsonify, request
 
 from app.admission import capacity_refusal, token_ok
@@ -49,7 +51,7 @@ def queue_state():
     room = any(svc.dispatcher.has_room(w, info) for w, info in snapshot.workers.items())
     refusal = capacity_refusal(svc.settings, snapshot, room)
     workers = [
-        {"id": w, "queue": info.get("queue"), "pending": snapshot.queues.get(info.get("queue", ""), 0),
+        {"id": w, "hostname": info.get("hostname"), "pid": info.get("pid"), "queue": info.get("queue"), "pending": snapshot.queues.get(info.get("queue", ""), 0),
          "streams": info.get("streams", 0), "max_streams": info.get("max_streams", 0),
          "concurrency": info.get("concurrency"), "pool": info.get("pool"), "recognizer": info.get("recognizer"),
          "device": info.get("device"), "stats": info.get("stats", {})}
@@ -61,6 +63,7 @@ def queue_state():
         "workers": workers,
         "streams": snapshot.streams(),
         "gateway_sessions": svc.sessions.count(),
+        "gateway_pid": os.getpid(),
         "max_pending": svc.settings.max_pending,
         "admitting": refusal is None,
         "refusal": refusal.body() if refusal else None,

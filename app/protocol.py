@@ -35,7 +35,9 @@ CLOSE_TRY_LATER = 1013
 KNOWN_FIELDS = frozenset({
     "mode", "chunk_size", "chunk_interval", "wav_name", "wav_format", "audio_fs", "is_speaking", "hotwords",
     "hotword", "itn", "encoder_chunk_look_back", "decoder_chunk_look_back", "svs_lang", "svs_itn", "is_end",
-    "queue_status",  # this service's extension: false turns off queue_status pushes for strict old clients
+    # This service's extensions: queue_status=false turns off queue_status pushes for strict old clients;
+    # timing=true adds a per-chunk latency breakdown to each result (for load testing).
+    "queue_status", "timing",
 })
 #: Fields that may come mid-stream without being a second configuration.
 CONTROL_FIELDS = frozenset({"is_speaking", "is_end", "wav_name"})
@@ -57,6 +59,7 @@ class SessionConfig:
     encoder_chunk_look_back: int = 4
     decoder_chunk_look_back: int = 1
     queue_status: bool = True
+    timing: bool = False
     extra: tuple[tuple[str, Any], ...] = ()  # accepted fields kept as sent (svs_lang, svs_itn)
 
     def stream_options(self) -> StreamOptions:
@@ -179,6 +182,7 @@ def parse_config(text: str, *, encoder_look_back: int = 4, decoder_look_back: in
         encoder_chunk_look_back=_int(data, "encoder_chunk_look_back", encoder_look_back, -1, 64),
         decoder_chunk_look_back=_int(data, "decoder_chunk_look_back", decoder_look_back, -1, 64),
         queue_status=_bool(data, "queue_status", True),
+        timing=_bool(data, "timing", False),
         extra=tuple((k, data[k]) for k in ("svs_lang", "svs_itn") if k in data),
     )
 

@@ -14,6 +14,7 @@ oldest kept chunk (the text of that utterance may then differ from an uninterrup
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 
 from app.chunker import Chunker
@@ -58,7 +59,7 @@ class StreamSession:
         self._options = config.stream_options().to_wire()
         self._seq = 0  # next sequence number to assign
         self._in_utterance = False  # a first chunk was issued and no final yet
-        self._kept: list[ChunkJob] = []  # replay buffer, in seq order
+        self._kept: deque[ChunkJob] = deque()  # replay buffer: consecutive seqs, oldest first
         self._kept_bytes = 0
         self._next_deliver = 0
         self._results: dict[int, ChunkResult] = {}
@@ -97,7 +98,7 @@ class StreamSession:
         self._kept.append(job)
         self._kept_bytes += len(job.audio)
         while self._kept_bytes > self.replay_max_bytes and len(self._kept) > 1:
-            dropped = self._kept.pop(0)
+            dropped = self._kept.popleft()
             self._kept_bytes -= len(dropped.audio)
             self.replay_exact = False
 
@@ -109,10 +110,13 @@ class StreamSession:
 
     def oldest_outstanding_age(self) -> float:
         """Seconds since the oldest undelivered chunk was issued (0 when none)."""
-        for job in self._kept:
-            if job.seq == self._next_deliver:
-                return self.clock() - job.submitted_at
-        return 0.0
+        job = self._kept_job(self._next_deliver)
+        return self.clock() - job.submitted_at if job else 0.0
+
+    def _kept_job(self, seq: int) -> ChunkJob | None:
+        if not self._kept or not self._kept[0].seq <= seq <= self._kept[-1].seq:
+            return None
+        return self._kept[seq - self._kept[0].seq]
 
     def accept(self, result: ChunkResult) -> Delivery:
         """One result from the channel → client messages now deliverable in order, and what to do next."""
@@ -140,15 +144,26 @@ class StreamSession:
         if not result.text and not result.is_final:
             return None  # FunASR's servers send nothing for a chunk that produced no text
         message = {"mode": self.config.mode, "text": result.text, "wav_name": self.config.wav_name,
-                   "is_final": result.is_final}
+                   "is_final": result.is_final, "chunk": result.seq}
         if result.is_final:
             message["is_end"] = True  # FunASR's newer clients wait for this acknowledgement of end of input
+        if self.config.timing:
+            message["timing"] = self._timing(result)
         return message
+
+    def _timing(self, result: ChunkResult) -> dict:
+        """Where the chunk's time went, in seconds: waiting (broker and worker queue), model, and the rest
+        (result publishing and relaying) up to now; ``total`` counts from the chunk's submission."""
+        job = self._kept_job(result.seq)
+        total = self.clock() - job.submitted_at if job else None
+        timing = {"wait": result.timing.get("queued"), "compute": result.timing.get("compute"),
+                  "batch": result.timing.get("batch"), "total": round(total, 4) if total is not None else None}
+        return timing
 
     def _release_through(self, seq: int) -> None:
         """An utterance is fully delivered: its audio is no longer needed for a replay."""
         while self._kept and self._kept[0].seq <= seq:
-            self._kept_bytes -= len(self._kept.pop(0).audio)
+            self._kept_bytes -= len(self._kept.popleft().audio)
         if not self._kept:
             self.replay_exact = True
 
@@ -163,5 +178,5 @@ class StreamSession:
             first = job.first or i == 0
             jobs.append(replace(job, stream=self.stream, first=first, options=self._options if first else None,
                                 replay=True, submitted_at=self.clock()))
-        self._kept = jobs
+        self._kept = deque(jobs)
         return jobs

@@ -1,0 +1,95 @@
+from app.protocol import SessionConfig
+from app.session import StreamSession
+from tasks.wire import ChunkResult
+
+CHUNK = 9600 * 2
+
+
+def session(replay_max_bytes: int = 10 * CHUNK) -> StreamSession:
+    return StreamSession("s1", SessionConfig(wav_name="w"), channel="ch", max_frame_bytes=1 << 20,
+                         replay_max_bytes=replay_max_bytes)
+
+
+def result(s: StreamSession, seq: int, text: str = "", final: bool = False, **kw) -> ChunkResult:
+    return ChunkResult(s.stream, seq, text, is_final=final, **kw)
+
+
+def test_jobs_are_numbered_and_the_first_of_each_utterance_carries_options():
+    s = session()
+    jobs = s.feed(b"\x00" * (2 * CHUNK + 10)) + s.end_utterance() + s.feed(b"\x00" * CHUNK) + s.end_utterance()
+    assert [j.seq for j in jobs] == [0, 1, 2, 3, 4]
+    assert [j.first for j in jobs] == [True, False, False, True, False]
+    assert [j.is_final for j in jobs] == [False, False, True, False, True]
+    assert [len(j.audio) for j in jobs] == [CHUNK, CHUNK, 10, CHUNK, 0]
+    assert jobs[0].options["chunk_size"] == [5, 10, 5] and jobs[1].options is None
+    assert {j.stream for j in jobs} == {"s1/0"} and {j.channel for j in jobs} == {"ch"}
+
+
+def test_ending_an_utterance_without_audio_issues_nothing():
+    s = session()
+    assert s.end_utterance() == []
+
+
+def test_results_are_delivered_in_order_whatever_order_they_arrive_in():
+    s = session()
+    s.feed(b"\x00" * 3 * CHUNK)
+    s.end_utterance()
+    assert s.accept(result(s, 2, "c")).messages == []
+    assert s.accept(result(s, 1, "b")).messages == []
+    delivered = s.accept(result(s, 0, "a")).messages
+    assert [m["text"] for m in delivered] == ["a", "b", "c"]
+    final = s.accept(result(s, 3, "", final=True)).messages
+    assert final == [{"mode": "online", "text": "", "wav_name": "w", "is_final": True, "chunk": 3, "is_end": True}]
+    assert s.outstanding == 0
+
+
+def test_empty_partials_are_not_sent_and_duplicates_are_dropped():
+    s = session()
+    s.feed(b"\x00" * 2 * CHUNK)
+    assert s.accept(result(s, 0, "")).messages == []
+    assert s.accept(result(s, 0, "again")).messages == []
+    assert [m["text"] for m in s.accept(result(s, 1, "x")).messages] == ["x"]
+
+
+def test_replay_resends_the_unfinished_utterance_under_a_new_generation():
+    s = session()
+    s.feed(b"\x01" * CHUNK)
+    s.end_utterance()
+    s.accept(result(s, 0, "a"))
+    s.accept(result(s, 1, "", final=True))  # utterance 1 fully delivered: not replayed
+    s.feed(b"\x02" * 3 * CHUNK)
+    s.accept(result(s, 2, "b"))
+    old_stream = s.stream
+
+    jobs = s.replay()
+
+    assert s.stream == "s1/1" != old_stream
+    assert [j.seq for j in jobs] == [2, 3, 4] and [j.first for j in jobs] == [True, False, False]
+    assert all(j.replay and j.stream == "s1/1" for j in jobs) and jobs[0].options is not None
+    assert s.accept(ChunkResult(old_stream, 3, "stale")).messages == [], "old generation is ignored"
+    assert s.accept(result(s, 2, "b")).messages == [], "the client already has chunk 2"
+    assert [m["text"] for m in s.accept(result(s, 3, "c")).messages] == ["c"]
+
+
+def test_a_stream_state_loss_asks_for_a_replay_and_other_errors_end_the_session():
+    s = session()
+    s.feed(b"\x00" * CHUNK)
+    assert s.accept(result(s, 0, error="gone", code="stream_state_lost")).replay
+    fatal = s.accept(result(s, 0, error="boom", code="recognition_failed")).fatal
+    assert fatal.code == "recognition_failed" and "boom" in fatal.message
+
+
+def test_audio_beyond_the_replay_cap_is_let_go_and_replay_starts_at_the_oldest_kept_chunk():
+    s = session(replay_max_bytes=2 * CHUNK)
+    s.feed(b"\x00" * 4 * CHUNK)
+    assert not s.replay_exact
+    jobs = s.replay()
+    assert [j.seq for j in jobs] == [2, 3] and jobs[0].first and jobs[0].options is not None
+
+
+def test_timing_breakdown_is_added_when_the_client_asks():
+    s = StreamSession("s2", SessionConfig(timing=True), channel="c", max_frame_bytes=1 << 20,
+                      replay_max_bytes=CHUNK * 4, clock=iter([10.0, 10.5]).__next__)
+    s.feed(b"\x00" * CHUNK)
+    message = s.accept(ChunkResult("s2/0", 0, "t", timing={"queued": 0.1, "compute": 0.2, "batch": 3})).messages[0]
+    assert message["timing"] == {"wait": 0.1, "compute": 0.2, "batch": 3, "total": 0.5}
