@@ -1,0 +1,19 @@
+.PHONY: run test install lint bench-model loadtest
+
+run:            ## install and run Redis + worker + gateway + Flower locally
+	scripts/run.sh
+
+test:           ## install and run the tests (needs nothing but Python 3.10+ and apt for redis-server)
+	scripts/test.sh
+
+install:
+	scripts/install.sh --dev
+
+lint:
+	.venv/bin/ruff check app tasks config bench tests
+
+bench-model:    ## batched vs unbatched throughput of the full-size model
+	.venv/bin/python -m bench.model_throughput
+
+loadtest:       ## the 500-stream comparison (original single worker vs scaled)
+	.venv/bin/python -m bench.scenario five-hundred
