@@ -25,7 +25,7 @@ from simple_websocket import ConnectionClosed
 
 from app.protocol import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TRY_LATER, SessionConfig, parse_config, parse_control
 from app.session import StreamSession
-from tasks.errors import AdmissionRefused, ProtocolError, ServiceError
+from tasks.errors import AdmissionRefused, BackendUnavailable, ProtocolError, ServiceError
 from tasks.wire import ChunkResult
 
 if TYPE_CHECKING:
@@ -140,8 +140,7 @@ class SessionHandler:
         assert self.session is not None
         with self._lock:
             jobs = self.session.feed(frame)
-        if jobs:
-            self.services.dispatcher.submit(jobs, self.session.worker)  # type: ignore[arg-type]
+        self._submit(jobs)
 
     def _on_text(self, text: str) -> None:
         assert self.session is not None
@@ -155,8 +154,18 @@ class SessionHandler:
         if is_speaking is False:
             with self._lock:
                 jobs = self.session.end_utterance()
-            if jobs:
-                self.services.dispatcher.submit(jobs, self.session.worker)  # type: ignore[arg-type]
+            self._submit(jobs)
+
+    def _submit(self, jobs: list) -> None:
+        """Send jobs to the session's worker. If the broker is down they stay in the replay buffer and the
+        whole unfinished utterance is replayed once it is back; the chunk timeout bounds the wait."""
+        if not jobs or self._replay_wanted:
+            return  # a replay is due: it will carry these jobs too
+        try:
+            self.services.dispatcher.submit(jobs, self.session.worker)  # type: ignore[union-attr,arg-type]
+        except BackendUnavailable as exc:
+            logger.warning("session %s: %s; will replay when it is back", self.id, exc.message)
+            self._replay_wanted = True
 
     # --- service → client -----------------------------------------------------------------------------------------
     def _on_result(self, result: ChunkResult) -> None:
@@ -238,11 +247,11 @@ class SessionHandler:
         with self._lock:
             jobs = session.replay()
             session.worker = worker
-        self._replay_wanted = False
+        self._replay_wanted = False  # _submit sets it again if the broker is still down
         if old_worker in self.services.monitor.snapshot.workers:
             self.services.dispatcher.close_stream(old_stream, old_worker)  # type: ignore[arg-type]
         logger.info("session %s: replaying %d chunk(s) on %s (was %s)", self.id, len(jobs), worker, old_worker)
-        self.services.dispatcher.submit(jobs, worker)
+        self._submit(jobs)
 
     def _push_queue_status(self, pending: int) -> None:
         now = time.monotonic()

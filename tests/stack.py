@@ -155,10 +155,19 @@ class Stack:
         return body  # type: ignore[return-value]
 
     def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.kill(signal.SIGTERM)
+        for proc in self.procs:  # all at once: each may take seconds to wind down
+            if proc.popen.poll() is None:
+                proc.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        for proc in self.procs:
+            try:
+                proc.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
         self.procs.clear()
-        for key in self.redis.scan_iter(f"{self.prefix}*"):
-            self.redis.delete(key)
-        for key in self.redis.scan_iter(f"{self.queue}*"):
-            self.redis.delete(key)
+        try:
+            for pattern in (f"{self.prefix}*", f"{self.queue}*"):
+                for key in self.redis.scan_iter(pattern):
+                    self.redis.delete(key)
+        except redis.RedisError:
+            pass  # a test's private Redis may already be gone
