@@ -35,9 +35,10 @@ task_send_sent_event = False
 broker_connection_retry_on_startup = True
 broker_connection_max_retries = None  # keep retrying: workers must come back by themselves after a Redis restart
 broker_transport_options = {
-    # Seconds before an unacknowledged message is redelivered; chunk tasks are acked on start, so this only
-    # matters for messages fetched but not started when a worker died.
-    "visibility_timeout": 3600,
+    # kombu's Redis transport emulates acks by copying every delivered message into an 'unacked' hash and
+    # deleting it on ack: two more round trips and a second copy of ~26 KB per chunk. Chunks need no
+    # redelivery (the gateway replays a dead worker's sessions), so messages are simply removed on delivery.
+    "ack_emulation": False,
     "socket_keepalive": True,
     "health_check_interval": 10,
 }

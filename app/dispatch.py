@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Iterable
-
-from celery import Celery
-from kombu.exceptions import KombuError, OperationalError
+from typing import Callable, Iterable
 
 from app.monitor import Monitor, Snapshot
+from app.publisher import TaskPublisher
 from config.settings import Settings
 from tasks import wire
-from tasks.errors import AdmissionRefused, BackendUnavailable
+from tasks.errors import AdmissionRefused
 from tasks.wire import ChunkJob
 
 logger = logging.getLogger(__name__)
@@ -28,8 +26,8 @@ logger = logging.getLogger(__name__)
 class Dispatcher:
     """Chooses workers and sends tasks. Thread-safe."""
 
-    def __init__(self, celery: Celery, settings: Settings, monitor: Monitor) -> None:
-        self.celery = celery
+    def __init__(self, publisher: TaskPublisher, settings: Settings, monitor: Monitor) -> None:
+        self.publisher = publisher
         self.settings = settings
         self.monitor = monitor
         self._lock = threading.Lock()
@@ -72,23 +70,17 @@ class Dispatcher:
         info = self.monitor.snapshot.workers.get(worker_id, {})
         return info.get("queue") or wire.worker_queue(self.settings.queue, worker_id)
 
-    def submit(self, jobs: Iterable[ChunkJob], worker_id: str) -> None:
-        """Send chunk tasks to a worker's private queue, in order. Raises BackendUnavailable."""
+    def submit(self, jobs: Iterable[ChunkJob], worker_id: str, on_failure: Callable[[], None]) -> None:
+        """Send chunk tasks to a worker's private queue, in order; ``on_failure`` runs if they cannot be sent."""
         queue = self.queue_for(worker_id)
-        try:
-            for job in jobs:
-                self.celery.send_task(
-                    wire.TASK_CHUNK, args=(job.to_wire(),), queue=queue, routing_key=queue,
-                    serializer=wire.SERIALIZER, expires=self.settings.chunk_task_expires, ignore_result=True,
-                )
-        except (OperationalError, KombuError, OSError) as exc:
-            raise BackendUnavailable(f"cannot reach the broker: {exc}") from exc
+        for job in jobs:
+            message = self.publisher.message(wire.TASK_CHUNK, (job.to_wire(),), queue=queue,
+                                             expires=self.settings.chunk_task_expires,
+                                             argsrepr=f"{job.stream}#{job.seq}")
+            self.publisher.enqueue(queue, message, on_failure)
 
     def close_stream(self, stream: str, worker_id: str) -> None:
         """Ask the worker to free the stream's state now; best effort (it idles out anyway)."""
         queue = self.queue_for(worker_id)
-        try:
-            self.celery.send_task(wire.TASK_CLOSE_STREAM, args=(stream,), queue=queue, routing_key=queue,
-                                  serializer=wire.SERIALIZER, expires=60, ignore_result=True)
-        except (OperationalError, KombuError, OSError) as exc:
-            logger.info("could not send close for %s: %s", stream, exc)
+        message = self.publisher.message(wire.TASK_CLOSE_STREAM, (stream,), queue=queue, expires=60)
+        self.publisher.enqueue(queue, message)

@@ -25,7 +25,7 @@ from simple_websocket import ConnectionClosed
 
 from app.protocol import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TRY_LATER, SessionConfig, parse_config, parse_control
 from app.session import StreamSession
-from tasks.errors import AdmissionRefused, BackendUnavailable, ProtocolError, ServiceError
+from tasks.errors import AdmissionRefused, ProtocolError, ServiceError
 from tasks.wire import ChunkResult
 
 if TYPE_CHECKING:
@@ -157,15 +157,14 @@ class SessionHandler:
             self._submit(jobs)
 
     def _submit(self, jobs: list) -> None:
-        """Send jobs to the session's worker. If the broker is down they stay in the replay buffer and the
-        whole unfinished utterance is replayed once it is back; the chunk timeout bounds the wait."""
-        if not jobs or self._replay_wanted:
-            return  # a replay is due: it will carry these jobs too
-        try:
-            self.services.dispatcher.submit(jobs, self.session.worker)  # type: ignore[union-attr,arg-type]
-        except BackendUnavailable as exc:
-            logger.warning("session %s: %s; will replay when it is back", self.id, exc.message)
-            self._replay_wanted = True
+        """Send jobs to the session's worker. If the broker cannot take them they stay in the replay buffer
+        and the whole unfinished utterance is replayed once it is back; the chunk timeout bounds the wait."""
+        if jobs and not self._replay_wanted:  # when a replay is due, it will carry these jobs too
+            self.services.dispatcher.submit(jobs, self.session.worker, self._on_submit_failed)  # type: ignore
+
+    def _on_submit_failed(self) -> None:
+        """Called by the publisher's thread when our chunks could not be pushed to the broker."""
+        self._actions.put(REPLAY)
 
     # --- service → client -----------------------------------------------------------------------------------------
     def _on_result(self, result: ChunkResult) -> None:

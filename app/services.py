@@ -11,6 +11,7 @@ from celery import Celery
 
 from app.dispatch import Dispatcher
 from app.monitor import Monitor
+from app.publisher import TaskPublisher
 from app.results import ResultRouter
 from config.settings import Settings
 from tasks.celery_app import create_celery_app
@@ -57,14 +58,22 @@ class Services:
     @classmethod
     def build(cls, settings: Settings) -> "Services":
         """Create and start the background parts (monitor, result router). No model, no Celery worker."""
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=3,
-                                      health_check_interval=10)
+        client = _redis(settings.redis_url)
         keys = Keys(settings.key_prefix)
         celery = create_celery_app(settings)
         monitor = Monitor(client, keys, settings.queue, settings.monitor_interval).start()
         router = ResultRouter(client, keys).start()
-        return cls(settings, client, celery, keys, monitor, router, Dispatcher(celery, settings, monitor))
+        broker = client if settings.broker == settings.redis_url else _redis(settings.broker)
+        publisher = TaskPublisher(celery, broker).start()
+        return cls(settings, client, celery, keys, monitor, router, Dispatcher(publisher, settings, monitor))
 
     def stop(self) -> None:
         self.monitor.stop()
         self.router.stop()
+        self.dispatcher.publisher.stop()
+
+
+def _redis(url: str) -> redis.Redis:
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"the broker must be Redis (queue inspection and publishing read its lists), got {url!r}")
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=10)
