@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.admission import capacity_refusal, token_ok
 from app.services import Services
@@ -39,6 +40,12 @@ def healthz():
         "warnings": warnings,
     }
     return jsonify(body), 200 if healthy else 503
+
+
+@bp.get("/metrics")
+def metrics():
+    """Prometheus exposition of this gateway's counters and the back end's gauges (see app.metrics)."""
+    return Response(generate_latest(services().metrics.registry), content_type=CONTENT_TYPE_LATEST)
 
 
 @bp.get("/api/queue")

@@ -60,6 +60,7 @@ class SessionHandler:
         self._status_sent_at = 0.0
         self._status_pending: int | None = None
         self._replay_wanted = False
+        self._end_reason = "ended"
 
     # --- lifecycle ------------------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -69,6 +70,7 @@ class SessionHandler:
             self._serve()
         except ConnectionClosed:
             logger.info("session %s: client closed", self.id)
+            self._end_reason = "client_closed"
         except ProtocolError as exc:
             self._fail(exc, exc.close_code or CLOSE_POLICY)
         except AdmissionRefused as exc:
@@ -124,6 +126,7 @@ class SessionHandler:
         logger.info("session %s (%s, %s) on worker %s", self.id, self.client, config.wav_name, worker)
 
     def _cleanup(self) -> None:
+        self.services.metrics.ended.labels(self._end_reason).inc()
         self.services.router.unsubscribe(self.id)
         self.services.sessions.remove(self.id)
         session = self.session
@@ -131,6 +134,7 @@ class SessionHandler:
             self.services.dispatcher.close_stream(session.stream, session.worker)
 
     def _fail(self, error: ServiceError, close_code: int) -> None:
+        self._end_reason = error.code
         logger.info("session %s ends with %s: %s", self.id, error.code, error.message)
         self._outbox.put(dict(error.to_client(), is_end=True))
         self._outbox.put(_Close(close_code, error.code))
@@ -161,6 +165,7 @@ class SessionHandler:
         and the whole unfinished utterance is replayed once it is back; the chunk timeout bounds the wait."""
         if jobs and not self._replay_wanted:  # when a replay is due, it will carry these jobs too
             self.services.dispatcher.submit(jobs, self.session.worker, self._on_submit_failed)  # type: ignore
+            self.services.metrics.chunks.inc(len(jobs))
 
     def _on_submit_failed(self) -> None:
         """Called by the publisher's thread when our chunks could not be pushed to the broker."""
@@ -176,6 +181,8 @@ class SessionHandler:
             delivery = session.accept(result)
         for message in delivery.messages:
             self._outbox.put(message)
+        for latency in delivery.latencies:
+            self.services.metrics.latency.observe(latency)
         if delivery.replay:
             self._actions.put(REPLAY)
         if delivery.fatal is not None:
@@ -221,6 +228,7 @@ class SessionHandler:
             self._outbox.put({"type": "closing", "code": "idle_timeout",
                               "message": f"no data for {silent:.0f} s", "is_end": True})
             self._outbox.put(_Close(1000, "idle timeout"))
+            self._end_reason = "idle_timeout"
             return True
         return False
 
@@ -250,6 +258,7 @@ class SessionHandler:
         if old_worker in self.services.monitor.snapshot.workers:
             self.services.dispatcher.close_stream(old_stream, old_worker)  # type: ignore[arg-type]
         logger.info("session %s: replaying %d chunk(s) on %s (was %s)", self.id, len(jobs), worker, old_worker)
+        self.services.metrics.replays.inc()
         self._submit(jobs)
 
     def _push_queue_status(self, pending: int) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import redis
 from celery import Celery
 
 from app.dispatch import Dispatcher
+from app.metrics import GatewayMetrics
 from app.monitor import Monitor
 from app.publisher import TaskPublisher
 from app.results import ResultRouter
@@ -53,7 +54,8 @@ class Services:
     monitor: Monitor
     router: ResultRouter
     dispatcher: Dispatcher
-    sessions: SessionTable = field(default_factory=SessionTable)
+    sessions: SessionTable
+    metrics: GatewayMetrics
 
     @classmethod
     def build(cls, settings: Settings) -> "Services":
@@ -65,7 +67,10 @@ class Services:
         router = ResultRouter(client, keys).start()
         broker = client if settings.broker == settings.redis_url else _redis(settings.broker)
         publisher = TaskPublisher(celery, broker).start()
-        return cls(settings, client, celery, keys, monitor, router, Dispatcher(publisher, settings, monitor))
+        sessions = SessionTable()
+        metrics = GatewayMetrics(lambda: monitor.snapshot, sessions.count)
+        return cls(settings, client, celery, keys, monitor, router, Dispatcher(publisher, settings, monitor),
+                   sessions, metrics)
 
     def stop(self) -> None:
         self.monitor.stop()

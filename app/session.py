@@ -29,6 +29,7 @@ class Delivery:
     """What a batch of results means for the session: messages for the client, and what to do next."""
 
     messages: list[dict] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)  # submission → now, per delivered chunk (seconds)
     replay: bool = False  # the worker lost the stream's state: replay elsewhere
     fatal: ServiceError | None = None  # the session cannot go on
 
@@ -132,6 +133,9 @@ class StreamSession:
         self._results[result.seq] = result
         while self._next_deliver in self._results:
             ready = self._results.pop(self._next_deliver)
+            job = self._kept_job(ready.seq)
+            if job is not None:
+                delivery.latencies.append(self.clock() - job.submitted_at)
             self._next_deliver += 1
             message = self._message(ready)
             if message is not None:

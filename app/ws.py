@@ -34,6 +34,7 @@ def _admission():
         origin=request.headers.get("Origin"),
     )
     if refusal is not None:
+        svc.metrics.refused.labels(refusal.code).inc()
         response = jsonify(refusal.body())
         response.status_code = refusal.status
         if refusal.retry_after:
@@ -49,6 +50,7 @@ def transcribe(ws) -> None:
     svc = services()
     handler = SessionHandler(ws, svc, request.remote_addr or "")
     svc.sessions.add(handler.id, handler.client)
+    svc.metrics.sessions.inc()
     handler.run()
 
 

@@ -88,8 +88,11 @@ def test_audio_beyond_the_replay_cap_is_let_go_and_replay_starts_at_the_oldest_k
 
 
 def test_timing_breakdown_is_added_when_the_client_asks():
+    now = [10.0]
     s = StreamSession("s2", SessionConfig(timing=True), channel="c", max_frame_bytes=1 << 20,
-                      replay_max_bytes=CHUNK * 4, clock=iter([10.0, 10.5]).__next__)
+                      replay_max_bytes=CHUNK * 4, clock=lambda: now[0])
     s.feed(b"\x00" * CHUNK)
-    message = s.accept(ChunkResult("s2/0", 0, "t", timing={"queued": 0.1, "compute": 0.2, "batch": 3})).messages[0]
-    assert message["timing"] == {"wait": 0.1, "compute": 0.2, "batch": 3, "total": 0.5}
+    now[0] = 10.5
+    delivery = s.accept(ChunkResult("s2/0", 0, "t", timing={"queued": 0.1, "compute": 0.2, "batch": 3}))
+    assert delivery.messages[0]["timing"] == {"wait": 0.1, "compute": 0.2, "batch": 3, "total": 0.5}
+    assert delivery.latencies == [0.5]

@@ -1,0 +1,69 @@
+"""Prometheus metrics of one gateway process, served at ``/metrics``.
+
+Two kinds: counters and a latency histogram the gateway updates as sessions run, and gauges read at scrape time
+from the monitor's latest snapshot — so one scrape of any gateway shows the whole back end (queue depths, every
+live worker's streams and batch statistics, from their heartbeats). ``asr_pending_tasks`` is the number to
+autoscale workers on (docker/k8s has a KEDA example).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from app.monitor import Snapshot
+
+LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class _BackendCollector(Collector):
+    """Gauges from the monitor snapshot, computed when Prometheus scrapes."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot], sessions: Callable[[], int]) -> None:
+        self.snapshot = snapshot
+        self.sessions = sessions
+
+    def collect(self) -> Iterable:
+        snap = self.snapshot()
+        yield _gauge("asr_redis_up", "1 when the gateway can read Redis", 1 if snap.redis_ok else 0)
+        yield _gauge("asr_pending_tasks", "Chunk tasks waiting in Redis (all gpu queues)", snap.pending)
+        yield _gauge("asr_workers", "Workers with a live heartbeat", len(snap.workers))
+        yield _gauge("asr_gateway_sessions", "Open WebSocket sessions in this gateway process", self.sessions())
+        depth = GaugeMetricFamily("asr_queue_depth", "Waiting tasks per queue", labels=["queue"])
+        for queue, n in snap.queues.items():
+            depth.add_metric([queue], n)
+        yield depth
+        streams = GaugeMetricFamily("asr_worker_streams", "Open streams per worker", labels=["worker"])
+        mean = GaugeMetricFamily("asr_worker_mean_batch", "Mean chunks per forward pass", labels=["worker"])
+        chunks = CounterMetricFamily("asr_worker_chunks", "Chunks recognized per worker", labels=["worker"])
+        batches = CounterMetricFamily("asr_worker_batches", "Forward passes per worker", labels=["worker"])
+        for worker, info in snap.workers.items():
+            stats = info.get("stats") or {}
+            streams.add_metric([worker], info.get("streams", 0))
+            mean.add_metric([worker], stats.get("mean_batch", 0))
+            chunks.add_metric([worker], stats.get("chunks", 0))
+            batches.add_metric([worker], stats.get("batches", 0))
+        yield from (streams, mean, chunks, batches)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+class GatewayMetrics:
+    """The gateway's registry and the instruments handlers update."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot], sessions: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry()
+        self.sessions = Counter("asr_sessions", "Sessions admitted", registry=self.registry)
+        self.refused = Counter("asr_sessions_refused", "Sessions refused before the handshake", ["code"],
+                               registry=self.registry)
+        self.ended = Counter("asr_sessions_ended", "Sessions ended, by how", ["reason"], registry=self.registry)
+        self.chunks = Counter("asr_chunks_submitted", "Chunk tasks submitted", registry=self.registry)
+        self.replays = Counter("asr_replays", "Sessions replayed on another worker", registry=self.registry)
+        self.latency = Histogram("asr_chunk_latency_seconds", "Chunk submission to result relayed to the client",
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.registry.register(_BackendCollector(snapshot, sessions))
