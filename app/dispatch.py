@@ -48,15 +48,15 @@ class Dispatcher:
         limit = int(info.get("max_streams") or self.settings.worker_max_streams or 0)
         return limit <= 0 or self.streams(worker_id, info) < limit
 
-    def choose_worker(self, exclude: Iterable[str] = ()) -> str:
-        """The least-loaded live worker with room; raises AdmissionRefused when there is none."""
+    def choose_worker(self, *, require_room: bool = True) -> str:
+        """The least-loaded live worker (with room for another stream, unless ``require_room`` is False);
+        raises AdmissionRefused when there is none."""
         snapshot = self.monitor.snapshot
-        excluded = set(exclude)
         with self._lock:
             candidates = [
                 (self.load(w, info, snapshot), w)
                 for w, info in snapshot.workers.items()
-                if w not in excluded and self.has_room(w, info)
+                if not require_room or self.has_room(w, info)
             ]
             if not candidates:
                 raise AdmissionRefused("no worker is available", code="no_worker", retry_after=self.settings.retry_after)

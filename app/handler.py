@@ -61,6 +61,7 @@ class SessionHandler:
         self._status_pending: int | None = None
         self._replay_wanted = False
         self._end_reason = "ended"
+        self._next_housekeeping = 0.0
 
     # --- lifecycle ------------------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -96,8 +97,11 @@ class SessionHandler:
                     self._on_text(message)
                 else:
                     self._on_audio(message)
-            if self._housekeeping():
-                return
+            now = time.monotonic()
+            if now >= self._next_housekeeping:  # at most every TICK, not on every frame
+                self._next_housekeeping = now + TICK
+                if self._housekeeping():
+                    return
 
     def _receive_config(self) -> SessionConfig:
         message = self.ws.receive(timeout=self.settings.idle_timeout)
@@ -247,14 +251,14 @@ class SessionHandler:
         session = self.session
         assert session is not None
         old_worker, old_stream = session.worker, session.stream
-        try:
-            worker = self.services.dispatcher.choose_worker()
+        try:  # an admitted session is never cut for load: a full worker still takes it
+            worker = self.services.dispatcher.choose_worker(require_room=False)
         except AdmissionRefused:
             return  # no worker right now; try again next round (the chunk timeout bounds the wait)
         with self._lock:
             jobs = session.replay()
             session.worker = worker
-        self._replay_wanted = False  # _submit sets it again if the broker is still down
+        self._replay_wanted = False  # the publisher asks again (REPLAY) if the broker is still down
         if old_worker in self.services.monitor.snapshot.workers:
             self.services.dispatcher.close_stream(old_stream, old_worker)  # type: ignore[arg-type]
         logger.info("session %s: replaying %d chunk(s) on %s (was %s)", self.id, len(jobs), worker, old_worker)
