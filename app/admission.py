@@ -8,9 +8,15 @@ an accepted session that would later time out.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from app.monitor import Snapshot
 from config.settings import Settings
+
+if TYPE_CHECKING:
+    from flask import Request
+
+    from app.services import Services
 
 
 @dataclass(frozen=True)
@@ -66,3 +72,15 @@ def admit(settings: Settings, snapshot: Snapshot, *, room: bool, client_sessions
     if limit and client_sessions >= limit:
         return Refusal(429, "too_many_sessions", f"this client already has {client_sessions} open sessions")
     return capacity_refusal(settings, snapshot, room)
+
+
+def refusal_for(svc: "Services", request: "Request") -> Refusal | None:
+    """Why a session opened by ``request`` would be refused now (None: it would be admitted)."""
+    snapshot = svc.monitor.snapshot
+    return admit(
+        svc.settings, snapshot,
+        room=any(svc.dispatcher.has_room(w, info) for w, info in snapshot.workers.items()),
+        client_sessions=svc.sessions.count(request.remote_addr or ""),
+        auth_header=request.headers.get("Authorization"), query_token=request.args.get("token"),
+        origin=request.headers.get("Origin"),
+    )

@@ -7,7 +7,7 @@ import os
 from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.admission import capacity_refusal, token_ok
+from app.admission import capacity_refusal, refusal_for, token_ok
 from app.services import Services
 
 bp = Blueprint("api", __name__)
@@ -40,6 +40,24 @@ def healthz():
         "warnings": warnings,
     }
     return jsonify(body), 200 if healthy else 503
+
+
+@bp.get("/")
+def page():
+    """The browser client: microphone capture, live transcript, queue banner (app/static)."""
+    return current_app.send_static_file("index.html")
+
+
+@bp.get("/api/admission")
+def admission():
+    """Whether this client would be admitted now, and why not: what a browser checks before opening /ws
+    (it cannot read the status of a refused WebSocket handshake)."""
+    svc = services()
+    refusal = refusal_for(svc, request)
+    body = {"admitting": refusal is None, "pending": svc.monitor.snapshot.pending,
+            "refusal": refusal.body() if refusal else None,
+            "retry_after": refusal.retry_after if refusal else None}
+    return jsonify(body), 200 if refusal is None else refusal.status
 
 
 @bp.get("/metrics")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Flask, current_app, jsonify, request
 from flask_sock import Sock
 
-from app.admission import admit
+from app.admission import refusal_for
 from app.handler import SessionHandler
 from app.services import Services
 
@@ -25,14 +25,7 @@ def _admission():
     if request.path != WS_PATH:
         return None
     svc = services()
-    snapshot = svc.monitor.snapshot
-    refusal = admit(
-        svc.settings, snapshot,
-        room=any(svc.dispatcher.has_room(w, info) for w, info in snapshot.workers.items()),
-        client_sessions=svc.sessions.count(request.remote_addr or ""),
-        auth_header=request.headers.get("Authorization"), query_token=request.args.get("token"),
-        origin=request.headers.get("Origin"),
-    )
+    refusal = refusal_for(svc, request)
     if refusal is not None:
         svc.metrics.refused.labels(refusal.code).inc()
         response = jsonify(refusal.body())

@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install.sh --dev
+scripts/browser-deps.sh
 ASR_REDIS_URL=${ASR_TEST_REDIS_URL:-redis://127.0.0.1:6379/15} scripts/redis.sh
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 exec .venv/bin/python -m pytest "$@"
