@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -32,6 +33,7 @@ class SessionRecord:
     messages: list[tuple[float, dict]] = field(default_factory=list)
     chunk_ends: list[float] = field(default_factory=list)  # when each full chunk's audio had been sent
     speech_end: float | None = None  # when {"is_speaking": false} was sent
+    first_audio: float | None = None  # when the first audio frame was handed to the socket
     close_code: int | None = None
     close_reason: str = ""
     error: str | None = None  # client-side failure (timeout, connection error)
@@ -62,15 +64,47 @@ class SessionRecord:
         return [(t, m["pending"]) for t, m in self.messages if m.get("type") == "queue_status"]
 
 
+class Pacer:
+    """Shares wake-ups among many paced clients: each sleeps until the next point of a ``grid``-second grid.
+
+    With hundreds of clients on one event loop, one timer and one loop wake-up per grid point replace one per
+    frame per client, which is most of a paced client's CPU. Frames leave up to ``grid`` seconds later than due.
+    """
+
+    def __init__(self, grid: float = 0.01) -> None:
+        self.grid = grid
+        self._slots: dict[int, asyncio.Future] = {}
+
+    async def sleep_until(self, due: float) -> None:
+        """Sleep until the first grid point at or after ``due`` (a ``time.monotonic()`` time)."""
+        slot = math.ceil(due / self.grid)
+        if slot * self.grid <= time.monotonic():
+            return
+        future = self._slots.get(slot)
+        if future is None:
+            loop = asyncio.get_running_loop()  # its clock is time.monotonic()
+            future = self._slots[slot] = loop.create_future()
+            loop.call_at(slot * self.grid, self._wake, slot)
+        await asyncio.shield(future)  # a cancelled sleeper must not cancel the others' future
+
+    def _wake(self, slot: int) -> None:
+        future = self._slots.pop(slot)
+        if not future.done():
+            future.set_result(None)
+
+
 def pcm_frames(pcm: bytes, frame_bytes: int) -> list[bytes]:
     return [pcm[i:i + frame_bytes] for i in range(0, len(pcm), frame_bytes)]
 
 
 class StreamClient:
-    """One session against ``url``. ``pace`` 1.0 sends in real time, 0 as fast as possible."""
+    """One session against ``url``. ``pace`` 1.0 sends in real time, 0 as fast as possible.
+
+    ``pacer`` (optional) is a :class:`Pacer` shared by many clients: load tests use one to cut wake-ups.
+    """
 
     def __init__(self, url: str, *, config: dict | None = None, frame_ms: int = 60, pace: float = 1.0,
-                 timeout: float = 60.0, headers: dict | None = None) -> None:
+                 timeout: float = 60.0, headers: dict | None = None, pacer: Pacer | None = None) -> None:
         self.url = url
         self.config = {"mode": "online", "chunk_size": [5, 10, 5], "chunk_interval": 10, "wav_name": "client",
                        "wav_format": "pcm", "audio_fs": SAMPLE_RATE, "is_speaking": True, **(config or {})}
@@ -78,6 +112,7 @@ class StreamClient:
         self.pace = pace
         self.timeout = timeout
         self.headers = headers or {}
+        self.pacer = pacer
         self.record = SessionRecord()
 
     @property
@@ -126,7 +161,12 @@ class StreamClient:
         for frame in pcm_frames(pcm, self.frame_bytes):
             if self.pace > 0:
                 due = start + sent / BYTES_PER_SECOND / self.pace
-                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                if self.pacer is not None:
+                    await self.pacer.sleep_until(due)
+                else:
+                    await asyncio.sleep(max(0.0, due - time.monotonic()))
+            if self.record.first_audio is None:
+                self.record.first_audio = time.monotonic()
             await ws.send(frame)
             before, sent = sent, sent + len(frame)
             for _ in range(before // self.chunk_bytes, sent // self.chunk_bytes):
