@@ -74,12 +74,18 @@ def admit(settings: Settings, snapshot: Snapshot, *, room: bool, client_sessions
     return capacity_refusal(settings, snapshot, room)
 
 
-def refusal_for(svc: "Services", request: "Request") -> Refusal | None:
-    """Why a session opened by ``request`` would be refused now (None: it would be admitted)."""
+def refusal_for(svc: "Services", request: "Request", *, room: bool | None = None) -> Refusal | None:
+    """Why a session opened by ``request`` would be refused now (None: it would be admitted).
+
+    ``room`` None estimates from the snapshot whether some worker has a free slot; /ws passes True and lets
+    the lease it then takes decide (app.dispatch.Dispatcher.reserve).
+    """
     snapshot = svc.monitor.snapshot
+    if room is None:
+        room = any(svc.dispatcher.has_room(w, info) for w, info in snapshot.workers.items())
     return admit(
         svc.settings, snapshot,
-        room=any(svc.dispatcher.has_room(w, info) for w, info in snapshot.workers.items()),
+        room=room,
         client_sessions=svc.sessions.count(request.remote_addr or ""),
         auth_header=request.headers.get("Authorization"), query_token=request.args.get("token"),
         origin=request.headers.get("Origin"),

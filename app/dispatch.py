@@ -1,10 +1,10 @@
 """Submitting chunk tasks: choosing a worker for a session and sending its chunks to that worker's queue.
 
 Session affinity. A stream's model state lives in the worker process that ran its previous chunk, so all chunks of
-a stream go to one worker's private queue, ``<queue>.<worker id>``, in order. The worker is chosen when the
-session starts (or replays): the live worker with the fewest open streams plus waiting tasks, counting sessions
-this gateway assigned since that worker's last heartbeat. New workers therefore take new sessions at once;
-existing sessions stay where they are until their worker dies, then move (see app.session's replay).
+a stream go to one worker's private queue, ``<queue>.<worker id>``, in order. The worker is chosen before the
+session's handshake (or when it replays): the live worker with the fewest sessions (leases, see app.leases) plus
+waiting tasks that still has a free slot. New workers therefore take new sessions at once; existing sessions
+stay where they are until their worker dies, then move (see app.session's replay).
 """
 
 from __future__ import annotations
@@ -13,58 +13,86 @@ import logging
 import threading
 from typing import Callable, Iterable
 
+import redis
+
+from app.leases import Leases
 from app.monitor import Monitor, Snapshot
 from app.publisher import TaskPublisher
 from config.settings import Settings
 from tasks import wire
-from tasks.errors import AdmissionRefused
+from tasks.errors import AdmissionRefused, BackendUnavailable
 from tasks.wire import ChunkJob
 
 logger = logging.getLogger(__name__)
 
 
 class Dispatcher:
-    """Chooses workers and sends tasks. Thread-safe."""
+    """Chooses workers (leasing a slot on them) and sends tasks. Thread-safe."""
 
-    def __init__(self, publisher: TaskPublisher, settings: Settings, monitor: Monitor) -> None:
+    def __init__(self, publisher: TaskPublisher, leases: Leases, settings: Settings, monitor: Monitor) -> None:
         self.publisher = publisher
+        self.leases = leases
         self.settings = settings
         self.monitor = monitor
         self._lock = threading.Lock()
-        # worker id → (heartbeat timestamp it applies to, sessions assigned by this gateway since then)
+        # worker id → (snapshot time it applies to, sessions this gateway leased on it since that snapshot)
         self._recent: dict[str, tuple[float, int]] = {}
 
-    def streams(self, worker_id: str, info: dict) -> int:
-        """Open streams on a worker: its last heartbeat's count plus sessions assigned here since then."""
-        since, recent = self._recent.get(worker_id, (0.0, 0))
-        return int(info.get("streams", 0)) + (recent if since == info.get("ts") else 0)
+    def sessions_on(self, worker_id: str, snapshot: Snapshot) -> int:
+        """Sessions on a worker: the snapshot's lease count plus what this gateway leased since it was taken."""
+        taken, recent = self._recent.get(worker_id, (0.0, 0))
+        return snapshot.sessions_on(worker_id) + (recent if taken == snapshot.taken_at else 0)
 
-    def load(self, worker_id: str, info: dict, snapshot: Snapshot) -> int:
-        """What worker choice minimizes: open streams plus tasks waiting in the worker's queue."""
-        queue = info.get("queue") or wire.worker_queue(self.settings.queue, worker_id)
-        return self.streams(worker_id, info) + snapshot.queues.get(queue, 0)
+    def limit(self, info: dict) -> int:
+        return int(info.get("max_streams") or self.settings.worker_max_streams or 0)
 
     def has_room(self, worker_id: str, info: dict) -> bool:
-        limit = int(info.get("max_streams") or self.settings.worker_max_streams or 0)
-        return limit <= 0 or self.streams(worker_id, info) < limit
+        """An estimate for status pages; the lease taken by :meth:`reserve` is what enforces the limit."""
+        limit = self.limit(info)
+        return limit <= 0 or self.sessions_on(worker_id, self.monitor.snapshot) < limit
 
-    def choose_worker(self, *, require_room: bool = True) -> str:
-        """The least-loaded live worker (with room for another stream, unless ``require_room`` is False);
-        raises AdmissionRefused when there is none."""
+    def load(self, worker_id: str, info: dict, snapshot: Snapshot) -> int:
+        """What worker choice minimizes: sessions on the worker plus tasks waiting in its queue."""
+        queue = info.get("queue") or wire.worker_queue(self.settings.queue, worker_id)
+        return self.sessions_on(worker_id, snapshot) + snapshot.queues.get(queue, 0)
+
+    def reserve(self, session_id: str, *, require_room: bool = True) -> str:
+        """Lease a slot for the session on the least-loaded live worker that has one, and return that worker.
+
+        ``require_room=False`` ignores ASR_WORKER_MAX_STREAMS (a session moving off a dead worker is never cut
+        for load). Raises AdmissionRefused when no worker is alive or all are full, BackendUnavailable when
+        Redis cannot be reached.
+        """
         snapshot = self.monitor.snapshot
+        if not snapshot.workers:
+            raise AdmissionRefused("no recognition worker is running", code="no_worker",
+                                   retry_after=self.settings.retry_after)
         with self._lock:
-            candidates = [
-                (self.load(w, info, snapshot), w)
-                for w, info in snapshot.workers.items()
-                if not require_room or self.has_room(w, info)
-            ]
-            if not candidates:
-                raise AdmissionRefused("no worker is available", code="no_worker", retry_after=self.settings.retry_after)
-            _, worker_id = min(candidates)
-            ts = snapshot.workers[worker_id].get("ts", 0.0)
-            since, recent = self._recent.get(worker_id, (ts, 0))
-            self._recent[worker_id] = (ts, (recent if since == ts else 0) + 1)
-        return worker_id
+            ranked = sorted((self.load(w, info, snapshot), w) for w, info in snapshot.workers.items())
+        for _, worker_id in ranked:
+            limit = self.limit(snapshot.workers[worker_id]) if require_room else 0
+            try:
+                granted = self.leases.reserve(worker_id, session_id, limit)
+            except redis.RedisError as exc:
+                raise BackendUnavailable(f"cannot reach Redis: {exc}") from exc
+            if granted:
+                self._count_recent(worker_id, snapshot)
+                return worker_id
+        raise AdmissionRefused("every worker is serving its maximum number of streams", code="at_capacity",
+                               retry_after=self.settings.retry_after)
+
+    def move(self, session_id: str) -> str:
+        """Release the session's lease and lease a slot on the least-loaded live worker, full or not."""
+        self.leases.release(session_id)
+        return self.reserve(session_id, require_room=False)
+
+    def release(self, session_id: str) -> None:
+        self.leases.release(session_id)
+
+    def _count_recent(self, worker_id: str, snapshot: Snapshot) -> None:
+        with self._lock:
+            taken, recent = self._recent.get(worker_id, (snapshot.taken_at, 0))
+            self._recent[worker_id] = (snapshot.taken_at, (recent if taken == snapshot.taken_at else 0) + 1)
 
     def queue_for(self, worker_id: str) -> str:
         info = self.monitor.snapshot.workers.get(worker_id, {})

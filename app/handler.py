@@ -17,15 +17,14 @@ import logging
 import queue
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from simple_websocket import ConnectionClosed
 
-from app.protocol import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_TRY_LATER, SessionConfig, parse_config, parse_control
+from app.protocol import CLOSE_INTERNAL, CLOSE_POLICY, SessionConfig, parse_config, parse_control
 from app.session import StreamSession
-from tasks.errors import AdmissionRefused, ProtocolError, ServiceError
+from tasks.errors import AdmissionRefused, BackendUnavailable, ProtocolError, ServiceError
 from tasks.wire import ChunkResult
 
 if TYPE_CHECKING:
@@ -34,6 +33,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TICK = 0.25  # seconds between housekeeping rounds while the client is silent
+SUBSCRIBE_TIMEOUT = 10.0  # seconds to wait for the result router to subscribe a new session
 REPLAY = "replay"
 
 
@@ -46,12 +46,13 @@ class _Close:
 class SessionHandler:
     """One WebSocket session from first message to close."""
 
-    def __init__(self, ws, services: "Services", client: str) -> None:
+    def __init__(self, ws, services: "Services", client: str, session_id: str, worker: str) -> None:
         self.ws = ws
         self.services = services
         self.settings = services.settings
         self.client = client
-        self.id = uuid.uuid4().hex
+        self.id = session_id
+        self.worker = worker  # leased before the handshake (app.ws)
         self.session: StreamSession | None = None
         self._lock = threading.Lock()
         self._outbox: queue.Queue = queue.Queue()
@@ -74,8 +75,6 @@ class SessionHandler:
             self._end_reason = "client_closed"
         except ProtocolError as exc:
             self._fail(exc, exc.close_code or CLOSE_POLICY)
-        except AdmissionRefused as exc:
-            self._fail(exc, CLOSE_TRY_LATER)
         except ServiceError as exc:
             self._fail(exc, CLOSE_INTERNAL)
         except Exception:  # noqa: BLE001 - process boundary: log with context, tell the client, keep serving others
@@ -117,7 +116,7 @@ class SessionHandler:
 
     def _open(self, config: SessionConfig) -> None:
         services = self.services
-        worker = services.dispatcher.choose_worker()
+        worker = self.worker
         self.session = StreamSession(
             self.id, config,
             channel=services.keys.result_channel(self.id),
@@ -125,14 +124,16 @@ class SessionHandler:
             replay_max_bytes=int(self.settings.replay_max_seconds * 32000),
         )
         self.session.worker = worker
-        if not services.router.subscribe(self.id, self._on_result, self._on_reset):
-            raise ServiceError("cannot listen for results: Redis is unreachable", code="backend_unavailable")
+        if not services.router.subscribe(self.id, self._on_result, self._on_reset, timeout=SUBSCRIBE_TIMEOUT):
+            raise ServiceError(f"could not subscribe to the session's results within {SUBSCRIBE_TIMEOUT:.0f} s "
+                               "(Redis unreachable, or this gateway overloaded)", code="backend_unavailable")
         logger.info("session %s (%s, %s) on worker %s", self.id, self.client, config.wav_name, worker)
 
     def _cleanup(self) -> None:
         self.services.metrics.ended.labels(self._end_reason).inc()
         self.services.router.unsubscribe(self.id)
         self.services.sessions.remove(self.id)
+        self.services.dispatcher.release(self.id)
         session = self.session
         if session is not None and session.worker in self.services.monitor.snapshot.workers:
             self.services.dispatcher.close_stream(session.stream, session.worker)
@@ -252,9 +253,9 @@ class SessionHandler:
         assert session is not None
         old_worker, old_stream = session.worker, session.stream
         try:  # an admitted session is never cut for load: a full worker still takes it
-            worker = self.services.dispatcher.choose_worker(require_room=False)
-        except AdmissionRefused:
-            return  # no worker right now; try again next round (the chunk timeout bounds the wait)
+            worker = self.services.dispatcher.move(self.id)
+        except (AdmissionRefused, BackendUnavailable):
+            return  # no worker or no Redis right now; try again next round (the chunk timeout bounds the wait)
         with self._lock:
             jobs = session.replay()
             session.worker = worker

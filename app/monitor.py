@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from app.leases import Leases
 from tasks import wire
 from tasks.wire import Keys
 
@@ -32,6 +33,7 @@ class Snapshot:
     taken_at: float = 0.0
     workers: dict[str, dict] = field(default_factory=dict)  # live worker id → its heartbeat body
     queues: dict[str, int] = field(default_factory=dict)  # queue name → waiting tasks
+    leases: dict[str, int] = field(default_factory=dict)  # live worker id → sessions holding a slot on it
     redis_error: str | None = "not sampled yet"
 
     @property
@@ -45,12 +47,18 @@ class Snapshot:
     def streams(self) -> int:
         return sum(int(w.get("streams", 0)) for w in self.workers.values())
 
+    def sessions_on(self, worker_id: str) -> int:
+        """Sessions holding a slot on the worker (leases), or its own stream count if that is higher."""
+        return max(self.leases.get(worker_id, 0), int(self.workers.get(worker_id, {}).get("streams", 0)))
+
 
 class Monitor:
     """Samples Redis in a background thread; :attr:`snapshot` is always the latest sample."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, base_queue: str, interval: float = 0.25) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, leases: Leases, base_queue: str,
+                 interval: float = 0.25) -> None:
         self.client = client
+        self.leases = leases
         self.keys = keys
         self.base_queue = base_queue
         self.interval = interval
@@ -102,9 +110,10 @@ class Monitor:
                 workers[worker_id] = json.loads(body)
         queues = [self.base_queue] + [w.get("queue") or wire.worker_queue(self.base_queue, i) for i, w in workers.items()]
         depths = self._depths(queues)
+        leases = self.leases.counts(workers)
         if dead:
             self._prune(dead)
-        return Snapshot(taken_at=time.time(), workers=workers, queues=depths, redis_error=None)
+        return Snapshot(taken_at=time.time(), workers=workers, queues=depths, leases=leases, redis_error=None)
 
     def _depths(self, queues: list[str]) -> dict[str, int]:
         pipe = self.client.pipeline(transaction=False)
@@ -120,6 +129,6 @@ class Monitor:
         pipe = self.client.pipeline(transaction=False)
         for worker_id in dead:
             pipe.srem(self.keys.workers, worker_id)
-            pipe.delete(*wire.queue_keys(wire.worker_queue(self.base_queue, worker_id)))
+            pipe.delete(*wire.queue_keys(wire.worker_queue(self.base_queue, worker_id)), self.keys.leases(worker_id))
         pipe.execute()
         logger.warning("worker(s) %s stopped heartbeating; removed with their queues", ", ".join(dead))

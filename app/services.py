@@ -10,6 +10,7 @@ import redis
 from celery import Celery
 
 from app.dispatch import Dispatcher
+from app.leases import Leases
 from app.metrics import GatewayMetrics
 from app.monitor import Monitor
 from app.publisher import TaskPublisher
@@ -63,19 +64,21 @@ class Services:
         client = _redis(settings.redis_url)
         keys = Keys(settings.key_prefix)
         celery = create_celery_app(settings)
-        monitor = Monitor(client, keys, settings.queue, settings.monitor_interval).start()
+        leases = Leases(client, keys).start()
+        monitor = Monitor(client, keys, leases, settings.queue, settings.monitor_interval).start()
         router = ResultRouter(client, keys).start()
         broker = client if settings.broker == settings.redis_url else _redis(settings.broker)
         publisher = TaskPublisher(celery, broker).start()
+        dispatcher = Dispatcher(publisher, leases, settings, monitor)
         sessions = SessionTable()
         metrics = GatewayMetrics(lambda: monitor.snapshot, sessions.count)
-        return cls(settings, client, celery, keys, monitor, router, Dispatcher(publisher, settings, monitor),
-                   sessions, metrics)
+        return cls(settings, client, celery, keys, monitor, router, dispatcher, sessions, metrics)
 
     def stop(self) -> None:
         self.monitor.stop()
         self.router.stop()
         self.dispatcher.publisher.stop()
+        self.dispatcher.leases.stop()
 
 
 def _redis(url: str) -> redis.Redis:

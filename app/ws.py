@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, current_app, jsonify, request
+import uuid
+
+from flask import Blueprint, Flask, current_app, g, jsonify, request
 from flask_sock import Sock
 
-from app.admission import refusal_for
+from app.admission import Refusal, refusal_for
 from app.handler import SessionHandler
 from app.services import Services
+from tasks.errors import AdmissionRefused, BackendUnavailable
 
 bp = Blueprint("ws", __name__)
 sock = Sock()
@@ -21,11 +24,21 @@ def services() -> Services:
 
 @bp.before_app_request
 def _admission():
-    """Refuse a new session with a plain HTTP error (JSON body) before the WebSocket handshake."""
+    """Admit a new session before the WebSocket handshake: check it, then lease it a slot on a worker.
+
+    A refusal is a plain HTTP error with a JSON body (and Retry-After for 503), never an accepted session that
+    would fail later.
+    """
     if request.path != WS_PATH:
         return None
     svc = services()
-    refusal = refusal_for(svc, request)
+    refusal = refusal_for(svc, request, room=True)
+    if refusal is None:
+        session_id = uuid.uuid4().hex
+        try:
+            g.asr_lease = (session_id, svc.dispatcher.reserve(session_id))
+        except (AdmissionRefused, BackendUnavailable) as exc:
+            refusal = Refusal(503, exc.code, exc.message, svc.settings.retry_after)
     if refusal is not None:
         svc.metrics.refused.labels(refusal.code).inc()
         response = jsonify(refusal.body())
@@ -38,11 +51,20 @@ def _admission():
     return None
 
 
+@bp.teardown_app_request
+def _release_lease(_exc) -> None:
+    """The session is over (or its handshake failed): give its worker slot back."""
+    lease = g.pop("asr_lease", None)
+    if lease is not None:
+        services().dispatcher.release(lease[0])
+
+
 @sock.route(WS_PATH, bp=bp)
 def transcribe(ws) -> None:
     svc = services()
-    handler = SessionHandler(ws, svc, request.remote_addr or "")
-    svc.sessions.add(handler.id, handler.client)
+    session_id, worker = g.asr_lease
+    handler = SessionHandler(ws, svc, request.remote_addr or "", session_id, worker)
+    svc.sessions.add(session_id, handler.client)
     svc.metrics.sessions.inc()
     handler.run()
 

@@ -86,7 +86,10 @@ class Settings:
     bind: str = _setting("127.0.0.1:8000", "host:port the gateway listens on (gunicorn)")
     gateway_processes: int = _setting(1, "gunicorn worker processes for the gateway", "processes")
     gateway_connections: int = _setting(2000, "Open connections per gateway process (gevent)", "connections")
-    log_level: str = _setting("info", "Log level of gateway and workers")
+    log_level: str = _setting("info", "Log level of the gateway's own loggers (workers: celery --loglevel)")
+    log_tasks: bool = _setting(
+        False, "Log every chunk task received/succeeded at INFO (two lines per chunk; off keeps logs readable)"
+    )
 
     # --- workers --------------------------------------------------------------------------------------------------
     heartbeat_interval: float = _setting(1.0, "Worker heartbeat period", "s")

@@ -47,6 +47,9 @@ def _check_pool(sender, **_kwargs) -> None:
 def _add_private_queue(sender: str, instance, **_kwargs) -> None:
     global _runtime
     settings: Settings = instance.app.conf.asr_settings
+    if not settings.log_tasks:  # Celery logs two INFO lines per task: at 800 chunks/s that drowns the log
+        for name in ("celery.app.trace", "celery.worker.strategy"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     queue = wire.worker_queue(settings.queue, sender)
     instance.app.amqp.queues.select_add(queue)
     _runtime = WorkerRuntime(settings, sender, queue, instance.concurrency, _pool_name(instance.pool_cls))

@@ -67,10 +67,9 @@ class Keys:
         """JSON heartbeat of one worker, with a TTL: the key's existence is the worker's liveness."""
         return f"{self.prefix}worker:{worker_id}"
 
-    @property
-    def sessions(self) -> str:
-        """Hash session_id → JSON summary of open sessions, across all gateways."""
-        return f"{self.prefix}sessions"
+    def leases(self, worker_id: str) -> str:
+        """Sorted set of the sessions that hold a slot on a worker (see app.leases)."""
+        return f"{self.prefix}leases:{worker_id}"
 
 
 @dataclass

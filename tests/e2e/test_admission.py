@@ -78,3 +78,21 @@ def test_every_worker_full_means_503_at_capacity(make_stack):
 
     assert first.error is None and first.final is not None
     assert second.refused_status == 503 and second.refused_body["code"] == "at_capacity"
+
+
+def test_a_burst_of_new_sessions_gets_exactly_the_free_slots_and_503_for_the_rest(make_stack):
+    s = make_stack("burst", worker_max_streams=3)
+    s.start_worker("w1")
+    s.start_gateway()
+
+    async def burst():
+        clients = [StreamClient(s.url, pace=1.0).run(audio.noise(3.0, seed=70 + i)) for i in range(10)]
+        return await asyncio.gather(*clients)
+
+    records = asyncio.run(burst())
+
+    served = [r for r in records if r.final is not None]
+    refused = [r for r in records if r.refused_status == 503]
+    assert len(served) == 3 and len(refused) == 7, [(r.refused_status, r.error, r.errors) for r in records]
+    assert {r.refused_body["code"] for r in refused} == {"at_capacity"}
+    assert all(not r.errors for r in served)
