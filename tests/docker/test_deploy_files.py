@@ -1,0 +1,435 @@
+"""docker/ is valid and agrees with the code it deploys. Offline: no Docker engine, no cluster; a few seconds.
+
+Schemas: the compose files against the Compose specification (check-jsonschema's vendored schema), every core
+Kubernetes manifest against Kubernetes' own OpenAPI schema in strict mode (kubernetes-validate, no unknown
+fields). KEDA's ScaledObject is a CRD those schemas lack, so its structure is checked here field by field.
+Cross-checks: ASR_* names and values are real settings, the worker runs a pool that keeps tasks with the model,
+its -n name is what its probe looks up, probe paths are routes of the gateway, and every PromQL query (Grafana,
+KEDA) names metrics that app/metrics.py exposes, with labels they carry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+from flask import Flask
+
+from config.settings import PREFIX, Settings
+from tasks import healthcheck
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER = ROOT / "docker"
+K8S = DOCKER / "k8s"
+COMPOSE = DOCKER / "compose.yaml"
+COMPOSE_GPU = DOCKER / "compose.gpu.yaml"
+DASHBOARD = DOCKER / "grafana" / "dashboards" / "asr.json"
+K8S_VERSION = "1.30"  # oldest Kubernetes the manifests target; kubernetes-validate ships its schema
+NOT_IN_KUSTOMIZATION = {"worker-gpu.yaml": "replaces worker.yaml on GPU clusters", "ingress.yaml": "example"}
+PROBE_COMMAND = ["python", "-m", "tasks.healthcheck"]
+
+
+# --- loading ------------------------------------------------------------------------------------------------------
+
+@functools.cache
+def compose(path: Path = COMPOSE) -> dict:
+    return yaml.safe_load(path.read_text())  # resolves the x-* anchors and << merge keys, as compose does
+
+
+def compose_service(name: str, *overrides: Path) -> dict:
+    """A service as compose merges it from the base file and ``overrides`` (mappings merge, the rest replaces)."""
+    service = compose()["services"][name]
+    for path in overrides:
+        service = _merge(service, compose(path)["services"].get(name, {}))
+    return service
+
+
+def _merge(base, override):
+    if isinstance(base, dict) and isinstance(override, dict):
+        return {k: _merge(base[k], v) if k in base else v for k, v in override.items()} | {
+            k: v for k, v in base.items() if k not in override}
+    return override
+
+
+def interpolate(value) -> str:
+    """Compose's ${VAR:-default} / ${VAR:?error} with no variable set: the default, or empty."""
+    return re.sub(r"\$\{\w+(?::?-([^}]*)|:?\?[^}]*)?\}", lambda m: m.group(1) or "", str(value))
+
+
+def compose_env(name: str) -> dict[str, str]:
+    """A service's environment with the GPU override applied and host variables at their defaults."""
+    return {k: interpolate(v) for k, v in compose_service(name, COMPOSE_GPU).get("environment", {}).items()}
+
+
+def settings_of(env: dict[str, str]) -> Settings:
+    return Settings.from_env({k: v for k, v in env.items() if k in setting_names()})
+
+
+@functools.cache
+def k8s_documents() -> list[tuple[str, dict]]:
+    docs = []
+    for path in sorted(K8S.glob("*.yaml")):
+        docs += [(path.name, doc) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return docs
+
+
+def k8s(kind: str, name: str, file: str | None = None) -> dict:
+    found = [d for f, d in k8s_documents() if d["kind"] == kind and d["metadata"]["name"] == name
+             and (file is None or f == file)]
+    assert len(found) == 1, f"expected one {kind} {name} in {file or 'docker/k8s'}, found {len(found)}"
+    return found[0]
+
+
+def container(deployment: dict) -> dict:
+    (c,) = deployment["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def k8s_env(deployment: dict) -> dict[str, str]:
+    """A container's literal environment: the ConfigMaps it imports, then its own env (valueFrom left out)."""
+    env: dict[str, str] = {}
+    c = container(deployment)
+    for source in c.get("envFrom", []):
+        env.update(k8s("ConfigMap", source["configMapRef"]["name"])["data"])
+    env.update({e["name"]: e["value"] for e in c.get("env", []) if "value" in e})
+    return env
+
+
+def worker_deployments() -> list[tuple[str, dict]]:
+    return [(f, d) for f, d in k8s_documents() if d["kind"] == "Deployment" and f.startswith("worker")]
+
+
+def setting_names() -> set[str]:
+    return {PREFIX + f.name.upper() for f in dataclasses.fields(Settings)}
+
+
+def option(argv: list[str], *names: str) -> str | None:
+    """The value of a command-line option given as `-x v`, `--xx v` or `--xx=v`."""
+    for i, arg in enumerate(argv):
+        for name in names:
+            if arg == name and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(name + "="):
+                return arg.split("=", 1)[1]
+    return None
+
+
+# --- schemas -------------------------------------------------------------------------------------------------------
+
+def test_compose_files_follow_the_compose_specification():
+    result = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+                             str(COMPOSE), str(COMPOSE_GPU)], check=False, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("version", [K8S_VERSION, kubernetes_validate.latest_version()])
+@pytest.mark.parametrize("file,doc", [(f, d) for f, d in k8s_documents()
+                                      if not d["apiVersion"].startswith(("keda.sh/", "kustomize.config.k8s.io/"))],
+                         ids=lambda v: v if isinstance(v, str) else f"{v['kind']}/{v['metadata']['name']}")
+def test_core_kubernetes_manifests_are_valid_in_strict_mode(file, doc, version):
+    kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_only_known_custom_resources_escape_the_kubernetes_schemas():
+    custom = {d["kind"] for _, d in k8s_documents() if d["apiVersion"].startswith(("keda.sh/", "kustomize."))}
+    assert custom == {"ScaledObject", "Kustomization"}
+
+
+def test_kustomization_lists_every_manifest_but_the_documented_alternatives():
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    listed = set(kustomization["resources"])
+    assert all((K8S / r).is_file() for r in listed), listed
+    files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == files - set(NOT_IN_KUSTOMIZATION)
+
+
+# Fields of KEDA's ScaledObject (keda.sh/v1alpha1; keda docs "ScaledObject specification" and its CRD).
+SCALED_OBJECT_SPEC = {"scaleTargetRef", "pollingInterval", "cooldownPeriod", "initialCooldownPeriod",
+                      "idleReplicaCount", "minReplicaCount", "maxReplicaCount", "fallback", "advanced", "triggers"}
+TRIGGER_FIELDS = {"type", "name", "metadata", "authenticationRef", "metricType", "useCachedMetrics"}
+PROMETHEUS_REQUIRED = {"serverAddress", "query", "threshold"}
+
+
+def test_keda_scaled_object_is_well_formed_and_targets_the_worker_deployment():
+    (so,) = [d for _, d in k8s_documents() if d["kind"] == "ScaledObject"]
+    assert so["apiVersion"] == "keda.sh/v1alpha1" and so["metadata"]["name"]
+    spec = so["spec"]
+    assert set(spec) <= SCALED_OBJECT_SPEC, set(spec) - SCALED_OBJECT_SPEC
+    assert {"scaleTargetRef", "triggers"} <= set(spec)
+    target = spec["scaleTargetRef"]
+    assert target.get("kind", "Deployment") == "Deployment" and target.get("apiVersion", "apps/v1") == "apps/v1"
+    assert {d["metadata"]["name"] for _, d in worker_deployments()} == {target["name"]}
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"], "0 workers: every session is refused"
+    assert set(spec.get("fallback", {"failureThreshold": 1, "replicas": 1})) == {"failureThreshold", "replicas"}
+    assert set(spec.get("advanced", {})) <= {"restoreToOriginalReplicaCount", "horizontalPodAutoscalerConfig",
+                                              "scalingModifiers"}
+    behavior = spec.get("advanced", {}).get("horizontalPodAutoscalerConfig", {}).get("behavior")
+    if behavior:  # KEDA copies it into the HPA it creates: validate it as one
+        kubernetes_validate.validate({
+            "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "keda"},
+            "spec": {"scaleTargetRef": {"kind": "Deployment", "name": target["name"]}, "maxReplicas": 2,
+                     "behavior": behavior}}, K8S_VERSION, strict=True)
+    assert spec["triggers"]
+    for trigger in spec["triggers"]:
+        assert set(trigger) <= TRIGGER_FIELDS and {"type", "metadata"} <= set(trigger), trigger
+        assert trigger.get("metricType", "AverageValue") in ("AverageValue", "Value", "Utilization")
+        metadata = trigger["metadata"]
+        assert all(isinstance(v, str) for v in metadata.values()), "trigger metadata values are strings in the CRD"
+        assert trigger["type"] == "prometheus", "queue depth is only known to the gateways (see the file's comment)"
+        assert PROMETHEUS_REQUIRED <= set(metadata), trigger
+        assert float(metadata["threshold"]) > 0 and metadata["serverAddress"].startswith("http")
+
+
+# --- settings ------------------------------------------------------------------------------------------------------
+
+def deployment_files() -> list[Path]:
+    return [p for p in DOCKER.rglob("*") if p.is_file()]
+
+
+def launch_variables() -> set[str]:
+    """ASR_* names read by launch commands rather than config.settings: the Procfile's, and the worker's name."""
+    procfile = set(re.findall(r"\$\{(ASR_\w+)", (ROOT / "Procfile").read_text()))
+    return procfile | {healthcheck.WORKER_NAME_VAR}
+
+
+def test_every_ASR_name_in_docker_is_a_setting_or_a_documented_launch_variable():
+    allowed = setting_names() | launch_variables()
+    for path in deployment_files():
+        unknown = set(re.findall(r"\bASR_[A-Z0-9_]*[A-Z0-9]", path.read_text())) - allowed
+        assert not unknown, f"{path.relative_to(ROOT)} names {sorted(unknown)}: not in config/settings.py"
+
+
+def environments() -> list[tuple[str, dict[str, str]]]:
+    envs = [(f"compose {name}", compose_env(name)) for name in compose()["services"]]
+    envs += [(f"k8s {d['metadata']['name']} ({f})", k8s_env(d)) for f, d in k8s_documents()
+             if d["kind"] == "Deployment" and "envFrom" in container(d)]
+    return envs
+
+
+@pytest.mark.parametrize("where,env", environments(), ids=lambda v: v if isinstance(v, str) else "")
+def test_ASR_values_parse_as_their_settings(where, env):
+    settings_of(env)  # raises on a value of the wrong type
+
+
+def test_every_process_agrees_on_redis_queue_and_key_prefix():
+    shared = ("ASR_REDIS_URL", "ASR_QUEUE", "ASR_KEY_PREFIX", "ASR_HEARTBEAT_TTL")
+    for platform in ("compose", "k8s"):
+        seen = {where: tuple(env.get(k) for k in shared) for where, env in environments()
+                if where.startswith(platform) and "ASR_REDIS_URL" in env}
+        assert len(seen) >= 3 and len(set(seen.values())) == 1, seen
+
+
+# --- commands and probes -------------------------------------------------------------------------------------------
+
+def worker_commands() -> list[tuple[str, list[str], dict[str, str], object]]:
+    """(where, argv, environment, probe command) of every worker definition."""
+    service = compose_service("worker", COMPOSE_GPU)
+    out = [("compose+gpu", service["command"], service["environment"], service["healthcheck"]["test"]),
+           ("compose", compose()["services"]["worker"]["command"], compose()["services"]["worker"]["environment"],
+            compose()["services"]["worker"]["healthcheck"]["test"])]
+    for f, d in worker_deployments():
+        c = container(d)
+        out.append((f, c["command"], {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]},
+                    c["readinessProbe"]["exec"]["command"]))
+    return out
+
+
+@pytest.mark.parametrize("where,argv,env,probe", worker_commands(), ids=lambda v: v if isinstance(v, str) else "")
+def test_worker_runs_threads_pool_under_the_name_its_probe_looks_up(where, argv, env, probe):
+    assert argv[:4] == ["celery", "-A", "tasks", "worker"], argv
+    assert option(argv, "-P", "--pool") in (None, "threads", "solo"), "tasks must run where the model lives"
+    assert "prefork" not in argv and int(option(argv, "-c", "--concurrency") or 0) >= 1
+    name = option(argv, "-n", "--hostname")
+    if where.startswith("compose"):
+        assert name == env[healthcheck.WORKER_NAME_VAR] and "%h" in name, "unique per replica"
+        assert probe == ["CMD", *PROBE_COMMAND]
+        assert option(argv, "-Q", "--queues") == compose()["x-asr-env"]["ASR_QUEUE"]
+    else:
+        assert name == f"$({healthcheck.WORKER_NAME_VAR})" and option(argv, "-Q", "--queues") == "$(ASR_QUEUE)"
+        assert "$(POD_NAME)" in env[healthcheck.WORKER_NAME_VAR], "the pod name, from the downward API"
+        assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+        assert [e["name"] for e in container(k8s("Deployment", "asr-worker", where))["env"]].index(
+            "POD_NAME") == 0, "a $(VAR) reference only sees variables defined before it"
+        assert probe == PROBE_COMMAND
+
+
+def test_cpu_and_gpu_worker_deployments_differ_only_where_intended():
+    cpu, gpu = k8s("Deployment", "asr-worker", "worker.yaml"), k8s("Deployment", "asr-worker", "worker-gpu.yaml")
+    assert cpu["metadata"] == gpu["metadata"] and cpu["spec"]["selector"] == gpu["spec"]["selector"]
+    assert container(gpu)["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert k8s_env(gpu)["ASR_DEVICE"].startswith("cuda") and k8s_env(cpu)["ASR_DEVICE"] == "cpu"
+    assert without_concurrency(container(cpu)["command"]) == without_concurrency(container(gpu)["command"])
+
+
+def without_concurrency(argv: list[str]) -> list[str]:
+    return [a for i, a in enumerate(argv) if "--concurrency" not in (a, argv[i - 1])]
+
+
+def seconds(duration: str | int) -> float:
+    """A compose duration ('1m30s', '40s') or a Kubernetes number of seconds."""
+    if isinstance(duration, int):
+        return duration
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)(ms|h|m|s)", duration))
+
+
+def test_grace_periods_fit_the_shutdowns_they_wait_for():
+    from config import gunicorn
+
+    # Gateways: the preStop pause, then gunicorn's graceful_timeout for open sessions, must end before SIGKILL.
+    gateway = k8s("Deployment", "asr-gateway")
+    pre_stop = float(container(gateway)["lifecycle"]["preStop"]["exec"]["command"][-1])  # ["sleep", N]
+    assert gateway["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > pre_stop + gunicorn.graceful_timeout
+    assert seconds(compose()["services"]["gateway"]["stop_grace_period"]) > gunicorn.graceful_timeout
+    # Workers: deregistration is immediate; outliving ASR_CHUNK_TIMEOUT would re-queue prefetched chunks into
+    # the private queue the gateways have already deleted (see worker.yaml).
+    for _, d in worker_deployments():
+        timeout = settings_of(k8s_env(d)).chunk_timeout
+        assert 5 <= d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] < timeout
+    timeout = settings_of(compose_env("worker")).chunk_timeout
+    assert 5 <= seconds(compose()["services"]["worker"]["stop_grace_period"]) < timeout
+
+
+@functools.cache
+def gateway_routes() -> set[str]:
+    from app import api, ws
+
+    app = Flask("routes")
+    app.register_blueprint(api.bp)
+    return {rule.rule for rule in app.url_map.iter_rules()} | {ws.WS_PATH}
+
+
+def gateway_port() -> int:
+    return int(settings_of(compose_env("gateway")).bind.rsplit(":", 1)[1])
+
+
+def test_gateway_probes_scrapes_and_ingress_use_routes_the_gateway_serves():
+    deployment = k8s("Deployment", "asr-gateway")
+    c = container(deployment)
+    paths = {c[probe]["httpGet"]["path"] for probe in ("readinessProbe", "livenessProbe")}
+    assert paths == {"/metrics"}, "/healthz fails with no worker alive: not a gateway readiness signal"
+    assert int(settings_of(k8s_env(deployment)).bind.rsplit(":", 1)[1]) == c["ports"][0]["containerPort"]
+    (url,) = re.findall(r"http://127\.0\.0\.1:(\d+)(/\w*)", " ".join(compose()["services"]["gateway"]
+                                                                      ["healthcheck"]["test"]))
+    assert int(url[0]) == gateway_port() and url[1] in gateway_routes()
+    ingress = k8s("Ingress", "asr-gateway")["spec"]["rules"][0]["http"]["paths"]
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    scrape = yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
+    for path in [p["path"] for p in ingress] + [annotations["prometheus.io/path"]] + [
+            s["metrics_path"] for s in scrape]:
+        assert path in gateway_routes(), path
+    assert {sd["port"] for s in scrape for sd in s["dns_sd_configs"]} == {gateway_port()}
+    assert f"{gateway_port()}:{gateway_port()}" in compose()["services"]["gateway"]["ports"]
+
+
+def test_one_gateway_process_per_container_so_each_scrape_sees_all_of_it():
+    for where, env in environments():
+        if "ASR_BIND" in env and "gateway" in where:
+            assert env["ASR_GATEWAY_PROCESSES"] == "1", where
+
+
+# --- metrics ----------------------------------------------------------------------------------------------------------
+
+@functools.cache
+def exposed_series() -> dict[str, set[str]]:
+    """Sample name → label names, for every series the gateway's /metrics can expose."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from app.metrics import GatewayMetrics
+    from app.monitor import Snapshot
+
+    snapshot = Snapshot(taken_at=1.0, redis_error=None, queues={"gpu": 1},
+                        workers={"w@h": {"streams": 1, "stats": {"mean_batch": 1.0, "chunks": 1, "batches": 1}}})
+    metrics = GatewayMetrics(lambda: snapshot, lambda: 1)
+    for instrument in vars(metrics).values():  # a labelled instrument exposes nothing until a child exists
+        if isinstance(instrument, MetricWrapperBase) and instrument._labelnames:  # no public accessor
+            instrument.labels(*["x"] * len(instrument._labelnames))
+    series: dict[str, set[str]] = {}
+    for family in metrics.registry.collect():
+        labels = set().union(*(s.labels for s in family.samples)) - {"le"}
+        for suffix in SUFFIXES[family.type]:  # KeyError: a new metric type in app/metrics.py, add it there
+            series[family.name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
+    return series
+
+
+SUFFIXES = {"gauge": ("",), "counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created")}
+TARGET_LABELS = {"instance", "job", "namespace", "pod"}  # added by Prometheus's scrape, not by the gateway
+
+
+def promql() -> list[tuple[str, str]]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = [(p["title"], t["expr"]) for p in dashboard["panels"] for t in p.get("targets", [])]
+    (so,) = [d for _, d in k8s_documents() if d["kind"] == "ScaledObject"]
+    return queries + [(f"keda {t.get('name', t['type'])}", t["metadata"]["query"]) for t in so["spec"]["triggers"]]
+
+
+PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
+                "offset"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (identifiers that are not functions, labels or keywords)."""
+    bare = re.sub(r"\b(?:by|without|on|ignoring)\s*\([^)]*\)", " ", expr)  # grouping labels
+    bare = re.sub(r"\{[^}]*\}|\[[^\]]*\]|\"[^\"]*\"", " ", bare)  # matchers, ranges, strings
+    names = set(re.findall(r"\b[a-zA-Z_:][a-zA-Z0-9_:]*\b(?!\s*\()", bare))
+    return names - PROMQL_WORDS
+
+
+def test_metric_names_are_found_in_promql():
+    assert metric_names('histogram_quantile(0.9, sum by (le) (rate(x_bucket{a="b"}[5m]))) / max(y)') == {
+        "x_bucket", "y"}
+
+
+@pytest.mark.parametrize("where,expr", promql(), ids=lambda v: v if " " not in v else v[:40])
+def test_queries_name_metrics_and_labels_the_gateway_exposes(where, expr):
+    series = exposed_series()
+    names = metric_names(expr)
+    assert names and names <= set(series), f"{where}: unknown {names - set(series)}"
+    labels = {label.strip() for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr)
+              for label in group.split(",")}
+    labels |= set(re.findall(r"[{,]\s*(\w+)\s*(?:=~|!=|!~|=)", expr))
+    known = set().union(*(series[n] for n in names)) | TARGET_LABELS
+    assert labels <= known, f"{where}: labels {labels - known} are on none of {sorted(names)}"
+
+
+def test_the_dashboard_uses_the_provisioned_data_source():
+    provisioned = yaml.safe_load((DOCKER / "grafana" / "provisioning" / "datasources" / "prometheus.yaml")
+                                 .read_text())["datasources"]
+    uids = {d["uid"] for d in provisioned}
+    dashboard = json.loads(DASHBOARD.read_text())
+    used = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p.get("targets", [])}
+    assert used == uids
+
+
+# --- image ---------------------------------------------------------------------------------------------------------
+
+def dockerfile_arg(name: str) -> str:
+    (value,) = re.findall(rf"^ARG {name}=(\S+)", (DOCKER / "Dockerfile").read_text(), re.MULTILINE)
+    return value
+
+
+def test_dockerfile_installs_the_pinned_torch_and_funasr():
+    assert f"torch=={dockerfile_arg('TORCH_VERSION')}\n" in (ROOT / "requirements.txt").read_text()
+    assert f"funasr=={dockerfile_arg('FUNASR_VERSION')}" in (ROOT / "scripts" / "install.sh").read_text()
+    assert dockerfile_arg("TORCH_INDEX_URL").endswith("/whl/cpu")
+
+
+def test_dockerfile_copies_only_what_its_ignore_file_lets_in_and_runs_as_a_user():
+    text = (DOCKER / "Dockerfile").read_text()
+    allowed = {line[1:].rstrip("/") for line in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
+               if line.startswith("!")}
+    sources = {s.rstrip("/") for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.MULTILINE)
+               for s in line.split()[:-1]}
+    assert sources and sources <= allowed, sources - allowed
+    assert all((ROOT / s).exists() for s in sources)
+    users = re.findall(r"^USER (\S+)", text, re.MULTILINE)
+    assert users and users[-1].split(":")[0] not in ("root", "0")
