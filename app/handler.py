@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-TICK = 0.25  # seconds between housekeeping rounds while the client is silent
+TICK = 0.5  # seconds between housekeeping rounds (replays, timeouts, queue_status): each one wakes the session
 SUBSCRIBE_TIMEOUT = 10.0  # seconds to wait for the result router to subscribe a new session
 REPLAY = "replay"
 

@@ -77,6 +77,9 @@ def init_app(app: Flask) -> None:
         # ones are cut by the library with close code 1009.
         "max_message_size": settings.max_frame_bytes * 4,
         "receive_bytes": 65536,
-        "ping_interval": 25,  # finds clients that vanished without a TCP reset
+        # No server pings: with them simple-websocket runs a selector round before every frame it reads, and
+        # a streaming client is never idle anyway; one that vanishes without a TCP reset is closed after
+        # ASR_IDLE_TIMEOUT.
+        "ping_interval": None,
     }
     app.register_blueprint(bp)

@@ -12,7 +12,7 @@ from tests.stack import wait_until
 
 
 def test_queue_status_is_pushed_about_once_a_second(stack):
-    record = asyncio.run(StreamClient(stack.url, pace=1.0).run(audio.noise(3.2, seed=21)))
+    record = asyncio.run(StreamClient(stack.url, pace=1.0).run(audio.noise(4.2, seed=21)))
 
     statuses = record.queue_statuses
     assert record.error is None
@@ -44,10 +44,14 @@ def test_backlog_over_the_limit_refuses_new_sessions_but_never_cuts_admitted_one
     async def scenario():
         os.kill(worker.popen.pid, signal.SIGSTOP)  # the worker stops taking tasks: a backlog builds up
         try:
-            admitted = [asyncio.create_task(StreamClient(s.url, config={"wav_name": f"a{i}"}, pace=0, timeout=90)
-                                            .run(pcm)) for i, pcm in enumerate(pcms)]
+            clients = [StreamClient(s.url, config={"wav_name": f"a{i}"}, pace=0, timeout=90) for i in range(3)]
+            admitted = [asyncio.create_task(c.run(pcm)) for c, pcm in zip(clients, pcms)]
             await asyncio.to_thread(wait_until, lambda: s.api_queue()["pending"] > 3, 20, 0.1, "a backlog")
             refused = await StreamClient(s.url, config={"wav_name": "late"}).run(audio.noise(0.5))
+
+            def everyone_told():
+                return all(any(p > 3 for _, p in c.record.queue_statuses) for c in clients)
+            await asyncio.to_thread(wait_until, everyone_told, 10, 0.1, "queue_status showing the backlog")
         finally:
             os.kill(worker.popen.pid, signal.SIGCONT)
         return await asyncio.gather(*admitted), refused
@@ -59,7 +63,6 @@ def test_backlog_over_the_limit_refuses_new_sessions_but_never_cuts_admitted_one
     for record, pcm in zip(admitted, pcms):
         assert record.error is None and not record.errors
         assert record.text == "".join(reference.chunk_texts(str(tiny_model), pcm))
-        assert max(p for _, p in record.queue_statuses) > 3, "clients were shown the backlog"
     wait_until(lambda: s.api_queue()["admitting"], 20, what="admission to reopen once the backlog drained")
 
 
