@@ -21,6 +21,10 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     settings = settings or Settings.from_env()
     app = Flask(__name__)
+    if settings.proxy_hops:  # client address and scheme as the trusted proxies saw them
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops)  # type: ignore
     app.json.ensure_ascii = False  # transcripts are mostly CJK text
     app.extensions["asr"] = Services.build(settings)
     app.register_blueprint(api.bp)

@@ -42,6 +42,15 @@ def healthz():
     return jsonify(body), 200 if healthy else 503
 
 
+@bp.get("/readyz")
+def readyz():
+    """200 while this gateway can read Redis: ready to be sent traffic (it answers 503 itself when no worker
+    is up, so worker outages must not take gateways out of a load balancer, unlike /healthz)."""
+    snapshot = services().monitor.snapshot
+    body = {"status": "ready" if snapshot.redis_ok else "unavailable", "redis": snapshot.redis_error}
+    return jsonify(body), 200 if snapshot.redis_ok else 503
+
+
 @bp.get("/")
 def page():
     """The browser client: microphone capture, live transcript, queue banner (app/static)."""

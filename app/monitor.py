@@ -25,6 +25,8 @@ from tasks.wire import Keys
 
 logger = logging.getLogger(__name__)
 
+ORPHAN_SWEEP_SECONDS = 10.0  # how often private queues of departed workers are looked for and deleted
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -83,8 +85,12 @@ class Monitor:
         return self.snapshot
 
     def _run(self) -> None:
+        next_sweep = time.monotonic() + ORPHAN_SWEEP_SECONDS
         while not self._stop.wait(self.interval):
-            self.sample()
+            snapshot = self.sample()
+            if snapshot.redis_ok and time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + ORPHAN_SWEEP_SECONDS
+                self._sweep_orphans(set(snapshot.workers))
 
     def sample(self) -> Snapshot:
         """Read workers and queue depths now; prune workers whose heartbeat expired."""
@@ -123,6 +129,26 @@ class Monitor:
         lengths = pipe.execute()
         steps = len(wire.PRIORITY_STEPS)
         return {q: sum(lengths[i * steps:(i + 1) * steps]) for i, q in enumerate(queues)}
+
+    def _sweep_orphans(self, live: set[str]) -> None:
+        """Delete private queues of workers that are not alive.
+
+        A stopping worker hands the chunks it had fetched but not started back to its queue, possibly after
+        :meth:`_prune` deleted it; nobody would ever read or count them. Their sessions were replayed elsewhere.
+        """
+        prefix = f"{self.base_queue}."
+        pattern = "".join(f"\\{c}" if c in "*?[]\\" else c for c in prefix) + "*"  # glob-escaped prefix
+        try:
+            orphans = []
+            for key in self.client.scan_iter(match=pattern, count=1000):
+                name = key.decode() if isinstance(key, bytes) else key
+                if name[len(prefix):].split(wire.PRIORITY_SEP)[0] not in live:
+                    orphans.append(name)
+            if orphans:
+                self.client.delete(*orphans)
+                logger.warning("deleted %d queue(s) of workers that are gone: %s", len(orphans), ", ".join(orphans))
+        except redis.RedisError as exc:
+            logger.info("orphan queue sweep failed: %s", exc)
 
     def _prune(self, dead: list[str]) -> None:
         """Forget dead workers and drop their private queues: their sessions are replayed elsewhere."""

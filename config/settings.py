@@ -64,7 +64,7 @@ class Settings:
         60.0, "A chunk without a result this long after submission ends the session with an error", "s"
     )
     replay_max_seconds: float = _setting(
-        600.0, "Audio of the current utterance kept by the gateway to replay on another worker", "s"
+        120.0, "Audio of the current utterance kept by the gateway to replay on another worker (32 KB/s)", "s"
     )
     max_sessions_per_client: int = _setting(0, "Concurrent sessions one client address may hold; 0 = no limit")
     api_token: str = _setting("", "If set, /ws and /api require it as 'Authorization: Bearer …' or ?token=…")
@@ -86,6 +86,10 @@ class Settings:
     bind: str = _setting("127.0.0.1:8000", "host:port the gateway listens on (gunicorn)")
     gateway_processes: int = _setting(1, "gunicorn worker processes for the gateway", "processes")
     gateway_connections: int = _setting(2000, "Open connections per gateway process (gevent)", "connections")
+    proxy_hops: int = _setting(
+        0, "Reverse proxies in front of the gateway whose X-Forwarded-For/-Proto to trust (per-client limits)"
+    )
+    drain_seconds: int = _setting(30, "On SIGTERM a gateway process lets open sessions run this long", "s")
     log_level: str = _setting("info", "Log level of the gateway's own loggers (workers: celery --loglevel)")
     log_tasks: bool = _setting(
         False, "Log every chunk task received/succeeded at INFO (two lines per chunk; off keeps logs readable)"

@@ -8,6 +8,11 @@ VENV=${VENV:-.venv}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 
+# PyPI's torch wheel for Linux is the multi-GB CUDA build; TORCH_INDEX_URL picks another build of the same
+# version (e.g. https://download.pytorch.org/whl/cpu). This project's CI disk serves the CPU build itself.
+if [[ -n "${TORCH_INDEX_URL:-}" ]]; then
+  "${pip[@]}" --index-url "$TORCH_INDEX_URL" "torch==$(sed -n 's/^torch==//p' requirements.txt)"
+fi
 "${pip[@]}" -r requirements.txt
 # FunASR without its declared dependencies: requirements.txt lists the ones its streaming path imports.
 "${pip[@]}" --no-deps funasr==1.4.16

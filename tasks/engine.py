@@ -131,11 +131,19 @@ class Engine:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Finish the batch in progress, then drop every waiting chunk so the tasks holding them return at once
+        (their sessions are replayed elsewhere: the worker has deregistered)."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
         if self._thread:
             self._thread.join(timeout)
+        with self._cond:
+            streams, self._streams = list(self._streams.values()), {}
+            self._ready.clear()
+        for stream in streams:
+            for waiting in stream.waiting.values():
+                waiting.pending.resolve(None)
 
     @property
     def open_streams(self) -> int:
@@ -147,6 +155,9 @@ class Engine:
         pending = Pending()
         now = self.clock()
         with self._cond:
+            if self._stopping:
+                pending.resolve(None)
+                return pending
             stream = self._streams.get(job.stream)
             if stream is None:
                 stream = self._streams[job.stream] = _Stream(job.stream, last_used=now, progressed=now)

@@ -12,7 +12,9 @@ All take 16 kHz mono float32 audio scaled to [-1, 1), i.e. int16 PCM divided by 
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -121,6 +123,12 @@ def load_automodel(model: str, *, device: str = "cpu", ncpu: int = 1, revision: 
         from funasr import AutoModel
     except ImportError as exc:  # torchaudio CUDA builds and missing extras surface here
         raise ModelLoadError(f"cannot import funasr: {exc}") from exc
+    if not os.path.isdir(model) and importlib.util.find_spec("modelscope") is None:
+        # FunASR would fail later with a misleading "<model> is not registered".
+        raise ModelLoadError(
+            f"{model!r} is not a local folder, and downloading it from the model hub needs the hub client: "
+            "pip install -r requirements-hub.txt, or point ASR_MODEL at a FunASR model folder"
+        )
     kwargs: dict[str, Any] = dict(
         model=model, device=device, ncpu=ncpu, disable_update=True, disable_pbar=True, disable_log=True
     )

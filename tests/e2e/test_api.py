@@ -28,6 +28,14 @@ def test_healthz_names_the_model_and_counts_workers(stack, tiny_model):
     assert body["models"] == [str(tiny_model)] and body["default_model"] is False
 
 
+def test_readyz_only_needs_redis(stack, make_stack):
+    assert stack.get(stack.http + "/readyz") == (200, {"status": "ready", "redis": None})
+    lonely = make_stack("ready")
+    lonely.start_gateway(wait_healthy=False)  # no worker: not healthy, but ready to answer (with 503s)
+    assert lonely.get(lonely.http + "/readyz")[0] == 200
+    assert lonely.get(lonely.http + "/healthz")[0] == 503
+
+
 def test_api_queue_describes_workers_and_admission(stack):
     state = stack.api_queue()
     assert state["admitting"] is True and state["refusal"] is None

@@ -149,3 +149,14 @@ def test_idle_streams_are_freed(make_engine, published):
     assert engine.open_streams == 1
     threading.Event().wait(0.8)  # the batcher sweeps about every 0.5 s when idle
     assert engine.open_streams == 0
+
+
+def test_stopping_releases_every_waiting_chunk_at_once(make_engine, published):
+    engine = make_engine(FakeRecognizer(delay=0.2))
+    engine.submit(job("a", 0))
+    waiting = [engine.submit(job("b", seq)) for seq in (1, 2)]  # b/0 never comes: they wait for it
+    late = []
+    engine.stop()
+    late.append(engine.submit(job("c", 0)))
+    assert all(p.wait(0.1) is None for p in waiting + late)
+    assert engine.open_streams == 0
