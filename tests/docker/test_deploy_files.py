@@ -4,8 +4,10 @@ Schemas: the compose files against the Compose specification (check-jsonschema's
 Kubernetes manifest against Kubernetes' own OpenAPI schema in strict mode (kubernetes-validate, no unknown
 fields). KEDA's ScaledObject is a CRD those schemas lack, so its structure is checked here field by field.
 Cross-checks: ASR_* names and values are real settings, the worker runs a pool that keeps tasks with the model,
-its -n name is what its probe looks up, probe paths are routes of the gateway, and every PromQL query (Grafana,
-KEDA) names metrics that app/metrics.py exposes, with labels they carry.
+its -n name is what its probe looks up, probe paths are routes of the gateway (readiness on /readyz, liveness on
+something that does not need Redis), grace periods cover the drains they wait for, sizing follows the settings
+it depends on, and every PromQL query (Grafana, KEDA) names metrics that app/metrics.py exposes, with labels
+they carry.
 """
 
 from __future__ import annotations
@@ -282,21 +284,32 @@ def seconds(duration: str | int) -> float:
     return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)(ms|h|m|s)", duration))
 
 
-def test_grace_periods_fit_the_shutdowns_they_wait_for():
-    from config import gunicorn
+GRACE_SLACK = 5  # seconds between the end of a drain and SIGKILL, at the least
+#: A worker told to stop with a backlog exits by itself within this (tests/e2e/test_worker_loss.py checks it).
+WORKER_EXIT_SECONDS = 10
 
-    # Gateways: the preStop pause, then gunicorn's graceful_timeout for open sessions, must end before SIGKILL.
+
+def test_grace_periods_fit_the_shutdowns_they_wait_for():
+    # Gateways: the preStop pause, then ASR_DRAIN_SECONDS (gunicorn's graceful_timeout) for open sessions, must
+    # end before SIGKILL. The drain is read from each gateway's own environment, as config/gunicorn.py does.
     gateway = k8s("Deployment", "asr-gateway")
     pre_stop = float(container(gateway)["lifecycle"]["preStop"]["exec"]["command"][-1])  # ["sleep", N]
-    assert gateway["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > pre_stop + gunicorn.graceful_timeout
-    assert seconds(compose()["services"]["gateway"]["stop_grace_period"]) > gunicorn.graceful_timeout
-    # Workers: deregistration is immediate; outliving ASR_CHUNK_TIMEOUT would re-queue prefetched chunks into
-    # the private queue the gateways have already deleted (see worker.yaml).
+    drain = settings_of(k8s_env(gateway)).drain_seconds
+    assert gateway["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= pre_stop + drain + GRACE_SLACK
+    drain = settings_of(compose_env("gateway")).drain_seconds
+    assert seconds(compose()["services"]["gateway"]["stop_grace_period"]) >= drain + GRACE_SLACK
+    # Workers deregister at once and their engine releases what it holds, so they exit within seconds; the grace
+    # period only has to cover that with room for a slow last batch (a SIGKILL after it loses nothing: the
+    # sessions have moved, and leftover chunks in the worker's queue are swept by the gateways).
     for _, d in worker_deployments():
-        timeout = settings_of(k8s_env(d)).chunk_timeout
-        assert 5 <= d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] < timeout
-    timeout = settings_of(compose_env("worker")).chunk_timeout
-    assert 5 <= seconds(compose()["services"]["worker"]["stop_grace_period"]) < timeout
+        assert d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 2 * WORKER_EXIT_SECONDS
+    assert seconds(compose()["services"]["worker"]["stop_grace_period"]) >= 2 * WORKER_EXIT_SECONDS
+
+
+def test_the_drain_setting_is_what_gunicorn_uses():
+    from config import gunicorn
+
+    assert gunicorn.graceful_timeout == Settings.from_env().drain_seconds  # ASR_DRAIN_SECONDS, not a constant
 
 
 @functools.cache
@@ -312,15 +325,22 @@ def gateway_port() -> int:
     return int(settings_of(compose_env("gateway")).bind.rsplit(":", 1)[1])
 
 
+READY_PATH = "/readyz"  # 200 while the gateway can read Redis (app/api.py)
+WHOLE_SYSTEM_PATH = "/healthz"  # also 503 while no worker is alive: not about the gateway itself
+
+
 def test_gateway_probes_scrapes_and_ingress_use_routes_the_gateway_serves():
+    assert {READY_PATH, WHOLE_SYSTEM_PATH} <= gateway_routes()
     deployment = k8s("Deployment", "asr-gateway")
     c = container(deployment)
-    paths = {c[probe]["httpGet"]["path"] for probe in ("readinessProbe", "livenessProbe")}
-    assert paths == {"/metrics"}, "/healthz fails with no worker alive: not a gateway readiness signal"
+    ready, live = (c[probe]["httpGet"]["path"] for probe in ("readinessProbe", "livenessProbe"))
+    assert ready == READY_PATH, "a worker outage must not take the gateways out of the Service"
+    assert live in gateway_routes() and live not in (READY_PATH, WHOLE_SYSTEM_PATH), \
+        "liveness must not depend on Redis or workers: restarting gateways fixes neither"
     assert int(settings_of(k8s_env(deployment)).bind.rsplit(":", 1)[1]) == c["ports"][0]["containerPort"]
     (url,) = re.findall(r"http://127\.0\.0\.1:(\d+)(/\w*)", " ".join(compose()["services"]["gateway"]
                                                                       ["healthcheck"]["test"]))
-    assert int(url[0]) == gateway_port() and url[1] in gateway_routes()
+    assert int(url[0]) == gateway_port() and url[1] == READY_PATH
     ingress = k8s("Ingress", "asr-gateway")["spec"]["rules"][0]["http"]["paths"]
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     scrape = yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
@@ -335,6 +355,40 @@ def test_one_gateway_process_per_container_so_each_scrape_sees_all_of_it():
     for where, env in environments():
         if "ASR_BIND" in env and "gateway" in where:
             assert env["ASR_GATEWAY_PROCESSES"] == "1", where
+
+
+def test_gateways_trust_forwarded_headers_only_from_the_proxies_in_front_of_them():
+    # Kubernetes: ingress-nginx is the one proxy (it replaces X-Forwarded-For by default). Compose: none.
+    assert k8s("Ingress", "asr-gateway")["spec"]["ingressClassName"] == "nginx"
+    assert settings_of(k8s_env(k8s("Deployment", "asr-gateway"))).proxy_hops == 1
+    assert settings_of(compose_env("gateway")).proxy_hops == 0
+
+
+REPLAY_BYTES_PER_SECOND = 32000  # 16 kHz int16 audio, as app/handler.py sizes its replay buffer
+
+
+def quantity(value: str) -> float:
+    """A Kubernetes memory quantity ('4Gi', '512M', '1000') in bytes."""
+    number, unit = re.fullmatch(r"([\d.]+)([KMGT]i?)?", value).groups()
+    powers = {"K": 1, "M": 2, "G": 3, "T": 4}
+    return float(number) * ((1024 if unit.endswith("i") else 1000) ** powers[unit[0]] if unit else 1)
+
+
+def test_gateway_memory_holds_a_full_replay_buffer_for_every_connection():
+    gateway = k8s("Deployment", "asr-gateway")
+    settings = settings_of(k8s_env(gateway))
+    replay = settings.gateway_connections * settings.replay_max_seconds * REPLAY_BYTES_PER_SECOND
+    assert replay <= quantity(container(gateway)["resources"]["limits"]["memory"]) * 0.8, "room for the rest"
+
+
+def test_autoscaling_target_stays_below_the_per_worker_cap():
+    # Refused sessions never show in asr_gateway_sessions: with the target at the cap, KEDA would never grow a
+    # full fleet (worker-scaledobject.yaml).
+    (so,) = [d for _, d in k8s_documents() if d["kind"] == "ScaledObject"]
+    (sessions,) = [t for t in so["spec"]["triggers"] if t["metadata"]["query"] == "sum(asr_gateway_sessions)"]
+    for file, d in worker_deployments():
+        cap = settings_of(k8s_env(d)).worker_max_streams
+        assert cap == 0 or float(sessions["metadata"]["threshold"]) < cap, file
 
 
 # --- metrics ----------------------------------------------------------------------------------------------------------
@@ -421,6 +475,13 @@ def test_dockerfile_installs_the_pinned_torch_and_funasr():
     assert f"torch=={dockerfile_arg('TORCH_VERSION')}\n" in (ROOT / "requirements.txt").read_text()
     assert f"funasr=={dockerfile_arg('FUNASR_VERSION')}" in (ROOT / "scripts" / "install.sh").read_text()
     assert dockerfile_arg("TORCH_INDEX_URL").endswith("/whl/cpu")
+
+
+def test_the_hub_client_is_an_opt_in_build_argument():
+    text = (DOCKER / "Dockerfile").read_text()
+    assert dockerfile_arg("WITH_HUB") == "0", "hub downloads are opt-in"
+    assert "pip install -r /tmp/requirements-hub.txt" in text and (ROOT / "requirements-hub.txt").is_file()
+    assert interpolate(compose()["x-image"]["build"]["args"]["WITH_HUB"]) == "0"
 
 
 def test_dockerfile_copies_only_what_its_ignore_file_lets_in_and_runs_as_a_user():
