@@ -91,7 +91,7 @@ class Stack:
         env.update({
             "ASR_REDIS_URL": self.redis_url, "ASR_MODEL": self.model, "ASR_KEY_PREFIX": self.prefix,
             "ASR_QUEUE": self.queue, "ASR_NCPU": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT),
-            "ASR_BATCHING": os.environ.get("ASR_TEST_BATCHING", "0"),
+            "ASR_BATCHING": os.environ.get("ASR_TEST_BATCHING", "1"),
         })
         env.update({f"ASR_{k.upper()}": str(v) for k, v in {**self.settings, **overrides}.items()})
         return env

@@ -1,0 +1,194 @@
+"""Model-level throughput: FunASR's per-stream ``generate`` against the batched recognizer, in the same run.
+
+Both recognizers get the same streams: each stream is a sequence of utterances (4-12 chunks of noise at varying
+loudness, the last chunk final and of a random size class: full, partial, under 960 samples, or empty). Stream k
+joins k % STAGGER rounds late, so in the timed rounds the streams sit at different chunk indices, some starting an
+utterance, some ending one. For each batch size B the batched recognizer runs streams 0..B-1 in rounds of one
+chunk per stream; the first rounds (stagger + warm-up) are not timed. FunASR's path runs every stream alone,
+chunk by chunk, which gives both its speed and the reference texts. Every text the batched path produced is
+compared with the reference: the run ends with PASS or FAIL.
+
+Columns: B; stream-chunks/s (B / mean round time); p50 / p95 milliseconds per round (one batch); max real-time
+streams (= stream-chunks/s x chunk duration, 0.6 s for chunk_size [5, 10, 5]); speed-up over unbatched.
+
+    python -m bench.model_throughput                          # full model (generated if missing), CPU, ncpu 2
+    python -m bench.model_throughput --size tiny --batches 1,4,16
+    python -m bench.model_throughput --device cuda --batches 1,2,4,...,1024 --parity-streams 64 --out r.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tasks.modelgen import generate
+from tasks.recognizer import ChunkWork, StreamingRecognizer, StreamOptions
+
+STAGGER = 5  # stream k joins k % STAGGER rounds late
+OPTIONS = StreamOptions(chunk_size=(5, 10, 5), encoder_chunk_look_back=4, decoder_chunk_look_back=1)
+CHUNK_SECONDS = OPTIONS.chunk_samples / 16000
+
+
+@dataclass
+class Stream:
+    """One synthetic stream: its chunks (audio, is_final) and the round it joins."""
+
+    start: int
+    chunks: list[tuple[np.ndarray, bool]] = field(default_factory=list)
+
+
+def make_streams(count: int, length: int, seed: int = 0) -> list[Stream]:
+    """``count`` streams with at least ``length`` chunks each (see module docstring)."""
+    rng = np.random.default_rng(seed)
+    streams = []
+    for k in range(count):
+        stream = Stream(start=k % STAGGER)
+        while len(stream.chunks) < length:
+            loudness = float(rng.uniform(0.02, 0.3))
+            for _ in range(int(rng.integers(3, 12))):
+                stream.chunks.append((_noise(rng, OPTIONS.chunk_samples, loudness), False))
+            final = {0: OPTIONS.chunk_samples, 1: int(rng.integers(960, OPTIONS.chunk_samples)),
+                     2: int(rng.integers(1, 960)), 3: 0}[int(rng.integers(0, 4))]
+            stream.chunks.append((_noise(rng, final, loudness), True))
+        streams.append(stream)
+    return streams
+
+
+def _noise(rng: np.random.Generator, n: int, loudness: float) -> np.ndarray:
+    return np.clip(rng.standard_normal(n) * loudness, -1.0, 0.99997).astype(np.float32)
+
+
+def run_unbatched(rec: StreamingRecognizer, streams: list[Stream], rounds: int) -> tuple[list[list[str]], list[float]]:
+    """Each stream alone, chunk by chunk: its texts and the seconds each call took."""
+    texts, seconds = [], []
+    for k, stream in enumerate(streams):
+        state = rec.open_stream(OPTIONS)
+        out = []
+        for audio, final in stream.chunks[: rounds - stream.start]:
+            t0 = time.perf_counter()
+            out.append(rec.process([ChunkWork(state, audio, final)])[0])
+            seconds.append(time.perf_counter() - t0)
+        texts.append(out)
+        print(f"\r  unbatched: stream {k + 1}/{len(streams)}", end="", flush=True)
+    print()
+    return texts, seconds
+
+
+def run_batched(rec: StreamingRecognizer, streams: list[Stream], rounds: int, untimed: int
+                ) -> tuple[list[list[str]], list[float]]:
+    """All streams together, one chunk each per round: texts and the seconds of each timed round."""
+    states = [rec.open_stream(OPTIONS) for _ in streams]
+    texts: list[list[str]] = [[] for _ in streams]
+    seconds = []
+    for r in range(rounds):
+        active = [k for k, s in enumerate(streams) if r >= s.start]
+        work = [ChunkWork(states[k], *streams[k].chunks[r - streams[k].start]) for k in active]
+        t0 = time.perf_counter()
+        out = rec.process(work)
+        elapsed = time.perf_counter() - t0
+        if r >= untimed:
+            seconds.append(elapsed)
+        for k, text in zip(active, out):
+            texts[k].append(text if isinstance(text, str) else f"<failed: {text}>")
+    return texts, seconds
+
+
+def row(batch: int, seconds: list[float], baseline: float | None) -> dict:
+    per_second = batch / statistics.mean(seconds)
+    return {
+        "B": batch,
+        "chunks_per_s": per_second,
+        "batch_ms_p50": 1000 * float(np.percentile(seconds, 50)),
+        "batch_ms_p95": 1000 * float(np.percentile(seconds, 95)),
+        "max_realtime_streams": per_second * CHUNK_SECONDS,
+        "vs_unbatched": per_second / baseline if baseline else 1.0,
+    }
+
+
+HEADER = f"{'B':>5} {'chunks/s':>9} {'p50 ms':>9} {'p95 ms':>9} {'RT streams':>11} {'vs unbatched':>13}"
+
+
+def format_row(r: dict) -> str:
+    return (f"{r['B']:>5} {r['chunks_per_s']:>9.2f} {r['batch_ms_p50']:>9.0f} {r['batch_ms_p95']:>9.0f} "
+            f"{r['max_realtime_streams']:>11.1f} {r['vs_unbatched']:>12.2f}x")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="FunASR model folder (default: models/<size>, generated if missing)")
+    parser.add_argument("--size", choices=["full", "tiny"], default="full")
+    parser.add_argument("--batches", default="1,2,4,8,16,32,64", help="comma-separated batch sizes")
+    parser.add_argument("--rounds", type=int, default=4, help="timed rounds per batch size")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds after the stagger")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--ncpu", type=int, default=2)
+    parser.add_argument("--dtype", choices=["float16", "bfloat16"], help="autocast dtype for the batched path (CUDA)")
+    parser.add_argument("--fast", action="store_true", help="batched path without exact GEMM routing")
+    parser.add_argument("--parity-streams", type=int, help="run the unbatched reference on only this many streams")
+    parser.add_argument("--out", help="write the results as JSON here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tasks.batched import BatchedParaformerRecognizer
+    from tasks.recognizer import FunASRStreamingRecognizer
+
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    batches = [int(b) for b in args.batches.split(",")]
+    model = Path(args.model) if args.model else REPO / "models" / args.size
+    if not (model / "model.pt").exists():
+        print(f"generating the {args.size} model into {model} …", flush=True)
+        generate(model, args.size)
+    rounds = STAGGER + args.warmup + args.rounds
+    streams = make_streams(max(batches), rounds)
+    reference_streams = streams[: args.parity_streams or len(streams)]
+
+    print(f"model {model} | device {args.device} | ncpu {args.ncpu} | rounds {args.rounds} timed "
+          f"(+{STAGGER + args.warmup} untimed) | batched: {'fast' if args.fast else 'exact'} GEMMs"
+          f"{f', autocast {args.dtype}' if args.dtype else ''}", flush=True)
+    reference = FunASRStreamingRecognizer.load(str(model), device=args.device, ncpu=args.ncpu)
+    expected, seconds = run_unbatched(reference, reference_streams, rounds)
+    reference.close()
+    baseline = 1 / statistics.mean(seconds)
+    unbatched = row(1, seconds, None)
+    print(f"unbatched FunASR generate: {baseline:.2f} chunks/s, {unbatched['batch_ms_p50']:.0f} ms p50, "
+          f"{unbatched['batch_ms_p95']:.0f} ms p95 per chunk, {unbatched['max_realtime_streams']:.1f} "
+          f"real-time streams", flush=True)
+
+    batched = BatchedParaformerRecognizer.load(str(model), device=args.device, ncpu=args.ncpu, dtype=args.dtype,
+                                               exact=False if args.fast else None)
+    rows, compared, mismatches = [], 0, []
+    print(HEADER, flush=True)
+    for batch in batches:
+        texts, seconds = run_batched(batched, streams[:batch], rounds, STAGGER + args.warmup)
+        rows.append(row(batch, seconds, baseline))
+        for k, (got, want) in enumerate(zip(texts, expected[:batch])):
+            compared += len(want)
+            mismatches += [(batch, k, j, w, g) for j, (g, w) in enumerate(zip(got, want)) if g != w]
+        print(format_row(rows[-1]), flush=True)
+    verdict = "PASS" if not mismatches else "FAIL"
+    print(f"parity: {verdict} ({compared} stream-chunk texts compared, {len(mismatches)} differ)")
+    for batch, k, j, want, got in mismatches[:10]:
+        print(f"  B={batch} stream {k} chunk {j}: unbatched {want!r} batched {got!r}")
+    if args.out:
+        result = {"model": str(model), "device": args.device, "ncpu": args.ncpu, "dtype": args.dtype,
+                  "exact": not args.fast, "rounds": args.rounds, "unbatched": unbatched, "batched": rows,
+                  "parity": {"verdict": verdict, "compared": compared, "mismatches": len(mismatches)}}
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    return 0 if not mismatches else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
