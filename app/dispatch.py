@@ -51,10 +51,17 @@ class Dispatcher:
         limit = self.limit(info)
         return limit <= 0 or self.sessions_on(worker_id, self.monitor.snapshot) < limit
 
-    def load(self, worker_id: str, info: dict, snapshot: Snapshot) -> int:
-        """What worker choice minimizes: sessions on the worker plus tasks waiting in its queue."""
+    def load(self, worker_id: str, info: dict, snapshot: Snapshot) -> tuple[float, int]:
+        """What worker choice minimizes: sessions per slot first, then tasks waiting in the worker's queue.
+
+        Every session sends the same chunk rate for as long as it lives, so the session count is the lasting
+        load; a queue is a passing state (a worker's first batches are slower, a burst lands unevenly), and
+        ranking on it would pin many long sessions to whichever worker happened to be quick for a moment.
+        With ASR_WORKER_MAX_STREAMS set, sessions are weighed against each worker's own limit.
+        """
         queue = info.get("queue") or wire.worker_queue(self.settings.queue, worker_id)
-        return self.sessions_on(worker_id, snapshot) + snapshot.queues.get(queue, 0)
+        per_slot = self.sessions_on(worker_id, snapshot) / max(1, self.limit(info))
+        return per_slot, snapshot.queues.get(queue, 0)
 
     def reserve(self, session_id: str, *, require_room: bool = True) -> str:
         """Lease a slot for the session on the least-loaded live worker that has one, and return that worker.

@@ -113,6 +113,16 @@ class StreamingRecognizer(ABC):
     def close(self) -> None:
         """Release the model. The recognizer is unusable afterwards."""
 
+    def warm_up(self, batch_sizes: Sequence[int] = (1, 8)) -> None:
+        """Recognize a few throwaway chunks of noise (two per stream, the second final) at each batch size, so
+        one-time lazy work — the batched path's kernel planning, allocator growth — happens before the first
+        real session instead of delaying its first batches."""
+        noise = np.random.default_rng(0).standard_normal(StreamOptions().chunk_samples).astype(np.float32) * 0.1
+        for size in batch_sizes:
+            states = [self.open_stream(StreamOptions()) for _ in range(size)]
+            for final in (False, True):
+                self.process([ChunkWork(state, noise, final) for state in states])
+
 
 def load_automodel(model: str, *, device: str = "cpu", ncpu: int = 1, revision: str = "") -> Any:
     """Load a FunASR model the one supported way: ``AutoModel(model=…)`` with updates and progress off.

@@ -94,6 +94,7 @@ class WorkerRuntime:
         except Exception as exc:  # noqa: BLE001 - process boundary: a worker without a model is useless
             logger.critical("worker %s cannot load its model, exiting: %s", self.worker_id, exc, exc_info=True)
             os._exit(EXIT_MODEL_LOAD_FAILED)  # from a thread, SystemExit would not stop the worker
+        recognizer.warm_up(batch_sizes=(1, min(8, max(1, self.concurrency))))
         self.engine = Engine(
             recognizer,
             RedisPublisher(self.redis),
