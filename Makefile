@@ -16,4 +16,4 @@ bench-model:    ## batched vs unbatched throughput of the full-size model
 	.venv/bin/python -m bench.model_throughput
 
 loadtest:       ## the 500-stream comparison (original single worker vs scaled)
-	.venv/bin/python -m bench.scenario five-hundred
+	.venv/bin/python -m bench.scenario five-hundred --cap 50

@@ -49,6 +49,10 @@ class Settings:
         5.0, "How long the batcher waits for more ready chunks after the first, before a forward pass", "ms"
     )
     batching: bool = _setting(True, "Batch chunks of many streams into one forward pass (false: one call each)")
+    exact: str = _setting(
+        "auto", "Batched GEMMs bit-identical to FunASR's per-stream calls: auto (on for CPU float32), on, off"
+    )
+    autocast: str = _setting("", "CUDA only: run the batched model under autocast, float16 or bfloat16")
     encoder_chunk_look_back: int = _setting(4, "Default encoder look-back of the streaming model", "chunks")
     decoder_chunk_look_back: int = _setting(1, "Default decoder look-back of the streaming model", "chunks")
     fault_injection: bool = _setting(

@@ -20,6 +20,7 @@ import redis
 from config.settings import Settings
 from tasks import modelgen
 from tasks.engine import Engine
+from tasks.errors import ModelLoadError
 from tasks.recognizer import FaultInjectingRecognizer, FunASRStreamingRecognizer, StreamingRecognizer
 from tasks.registry import Heartbeat
 from tasks.wire import ChunkResult, Keys
@@ -45,7 +46,11 @@ def build_recognizer(settings: Settings) -> StreamingRecognizer:
     if settings.batching:
         from tasks.batched import BatchedParaformerRecognizer
 
-        recognizer = BatchedParaformerRecognizer.load(path, **kwargs)
+        exact = {"auto": None, "on": True, "off": False}.get(settings.exact.lower())
+        if settings.exact.lower() not in ("auto", "on", "off") or settings.autocast not in ("", "float16", "bfloat16"):
+            raise ModelLoadError(f"ASR_EXACT={settings.exact!r} / ASR_AUTOCAST={settings.autocast!r}: "
+                                 "use auto|on|off and ''|float16|bfloat16")
+        recognizer = BatchedParaformerRecognizer.load(path, exact=exact, dtype=settings.autocast or None, **kwargs)
     else:
         recognizer = FunASRStreamingRecognizer.load(path, **kwargs)
     if settings.fault_injection:
