@@ -74,7 +74,7 @@ def admit(settings: Settings, snapshot: Snapshot, *, room: bool, client_sessions
     return capacity_refusal(settings, snapshot, room)
 
 
-def refusal_for(svc: "Services", request: "Request", *, room: bool | None = None) -> Refusal | None:
+def refusal_for(svc: Services, request: Request, *, room: bool | None = None) -> Refusal | None:
     """Why a session opened by ``request`` would be refused now (None: it would be admitted).
 
     ``room`` None estimates from the snapshot whether some worker has a free slot; /ws passes True and lets

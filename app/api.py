@@ -85,7 +85,8 @@ def queue_state():
     room = any(svc.dispatcher.has_room(w, info) for w, info in snapshot.workers.items())
     refusal = capacity_refusal(svc.settings, snapshot, room)
     workers = [
-        {"id": w, "hostname": info.get("hostname"), "pid": info.get("pid"), "queue": info.get("queue"), "pending": snapshot.queues.get(info.get("queue", ""), 0),
+        {"id": w, "hostname": info.get("hostname"), "pid": info.get("pid"), "queue": info.get("queue"),
+         "pending": snapshot.queues.get(info.get("queue", ""), 0), "leases": snapshot.leases.get(w, 0),
          "streams": info.get("streams", 0), "max_streams": info.get("max_streams", 0),
          "concurrency": info.get("concurrency"), "pool": info.get("pool"), "recognizer": info.get("recognizer"),
          "device": info.get("device"), "stats": info.get("stats", {})}

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from tasks.errors import ProtocolError
-
 from app.protocol import CLOSE_INVALID_PAYLOAD, CLOSE_TOO_BIG
+from tasks.errors import ProtocolError
 
 
 class Chunker:

@@ -46,7 +46,7 @@ class _Close:
 class SessionHandler:
     """One WebSocket session from first message to close."""
 
-    def __init__(self, ws, services: "Services", client: str, session_id: str, worker: str) -> None:
+    def __init__(self, ws, services: Services, client: str, session_id: str, worker: str) -> None:
         self.ws = ws
         self.services = services
         self.settings = services.settings
@@ -107,7 +107,8 @@ class SessionHandler:
         if message is None:
             raise ProtocolError("no configuration message received", code="timeout")
         if not isinstance(message, str):
-            raise ProtocolError("the first message must be the JSON configuration, not audio", code="audio_before_config")
+            raise ProtocolError("the first message must be the JSON configuration, not audio",
+                                code="audio_before_config")
         return parse_config(
             message,
             encoder_look_back=self.settings.encoder_chunk_look_back,

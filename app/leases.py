@@ -70,7 +70,7 @@ class Leases:
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
-    def start(self) -> "Leases":
+    def start(self) -> Leases:
         threading.Thread(target=self._run, name="asr-leases", daemon=True).start()
         return self
 

@@ -69,7 +69,7 @@ class Monitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "Monitor":
+    def start(self) -> Monitor:
         self.sample()
         self._thread = threading.Thread(target=self._run, name="asr-monitor", daemon=True)
         self._thread.start()
@@ -114,7 +114,8 @@ class Monitor:
                 dead.append(worker_id)
             else:
                 workers[worker_id] = json.loads(body)
-        queues = [self.base_queue] + [w.get("queue") or wire.worker_queue(self.base_queue, i) for i, w in workers.items()]
+        queues = [self.base_queue]
+        queues += [w.get("queue") or wire.worker_queue(self.base_queue, i) for i, w in workers.items()]
         depths = self._depths(queues)
         leases = self.leases.counts(workers)
         if dead:

@@ -142,7 +142,8 @@ def _check_mode(data: dict) -> str:
             code="unsupported_mode", close_code=CLOSE_UNSUPPORTED,
         )
     if mode not in SUPPORTED_MODES:
-        raise ProtocolError(f"unknown mode {mode!r}; use 'online'", code="unsupported_mode", close_code=CLOSE_UNSUPPORTED)
+        raise ProtocolError(f"unknown mode {mode!r}; use 'online'", code="unsupported_mode",
+                            close_code=CLOSE_UNSUPPORTED)
     return mode
 
 
@@ -198,7 +199,8 @@ def parse_control(text: str) -> tuple[bool | None, ProtocolError | None]:
     unknown = sorted(set(data) - KNOWN_FIELDS)
     warning = None
     if unknown:
-        warning = ProtocolError(f"unknown field(s) ignored: {', '.join(unknown)}", code="unknown_field", close_code=None)
+        warning = ProtocolError(f"unknown field(s) ignored: {', '.join(unknown)}", code="unknown_field",
+                                close_code=None)
     if "is_speaking" not in data:
         if warning is None and set(data) - CONTROL_FIELDS:
             warning = ProtocolError("session is already configured; the new configuration is ignored",

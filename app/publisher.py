@@ -22,8 +22,9 @@ import queue
 import socket
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from typing import Any
 
 import redis
 from celery import Celery
@@ -77,7 +78,7 @@ class TaskPublisher:
         """Queue a message for the flusher; ``on_failure`` is called (from the flusher) if it cannot be sent."""
         self._outbox.put((queue, message, on_failure))
 
-    def start(self) -> "TaskPublisher":
+    def start(self) -> TaskPublisher:
         threading.Thread(target=self._run, name="asr-publisher", daemon=True).start()
         return self
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import redis
 
@@ -43,7 +43,7 @@ class ResultRouter:
         self._thread: threading.Thread | None = None
         self.connected = False
 
-    def start(self) -> "ResultRouter":
+    def start(self) -> ResultRouter:
         self._thread = threading.Thread(target=self._run, name="asr-results", daemon=True)
         self._thread.start()
         return self

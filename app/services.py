@@ -59,7 +59,7 @@ class Services:
     metrics: GatewayMetrics
 
     @classmethod
-    def build(cls, settings: Settings) -> "Services":
+    def build(cls, settings: Settings) -> Services:
         """Create and start the background parts (monitor, result router). No model, no Celery worker."""
         client = _redis(settings.redis_url)
         keys = Keys(settings.key_prefix)

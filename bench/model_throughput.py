@@ -29,9 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
+from config.settings import ROOT
 from tasks.modelgen import generate
 from tasks.recognizer import ChunkWork, StreamingRecognizer, StreamOptions
 
@@ -147,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     batches = [int(b) for b in args.batches.split(",")]
-    model = Path(args.model) if args.model else REPO / "models" / args.size
+    model = Path(args.model) if args.model else ROOT / "models" / args.size
     if not (model / "model.pt").exists():
         print(f"generating the {args.size} model into {model} …", flush=True)
         generate(model, args.size)

@@ -21,8 +21,8 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -125,7 +125,7 @@ class Engine:
         self._thread: threading.Thread | None = None
 
     # --- public API -----------------------------------------------------------------------------------------------
-    def start(self) -> "Engine":
+    def start(self) -> Engine:
         self._thread = threading.Thread(target=self._run, name="asr-batcher", daemon=True)
         self._thread.start()
         return self

@@ -156,9 +156,8 @@ def build_cmvn(seed: int) -> str:
 
 def instantiate(config: dict, vocab: int):
     """Build the torch module exactly the way ``AutoModel.build_model`` does."""
-    from funasr.register import tables
-
     import funasr  # noqa: F401  (registers the model classes)
+    from funasr.register import tables
 
     model_class = tables.model_classes.get(config["model"])
     if model_class is None:

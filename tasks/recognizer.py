@@ -17,8 +17,9 @@ import logging
 import os
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +58,7 @@ class StreamOptions:
         }
 
     @classmethod
-    def from_wire(cls, data: dict) -> "StreamOptions":
+    def from_wire(cls, data: dict) -> StreamOptions:
         return cls(
             chunk_size=tuple(int(x) for x in data["chunk_size"]),  # type: ignore[arg-type]
             encoder_chunk_look_back=int(data["encoder_chunk_look_back"]),
@@ -110,7 +111,7 @@ class StreamingRecognizer(ABC):
     def process(self, work: Sequence[ChunkWork]) -> list[str | RecognitionFailed]:
         """Recognize one chunk for each item; see the class docstring for the failure contract."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most recognizers hold nothing to release
         """Release the model. The recognizer is unusable afterwards."""
 
     def warm_up(self, batch_sizes: Sequence[int] = (1, 8)) -> None:
@@ -163,7 +164,7 @@ class FunASRStreamingRecognizer(StreamingRecognizer):
         self.description = description
 
     @classmethod
-    def load(cls, model: str, *, device: str = "cpu", ncpu: int = 1, revision: str = "") -> "FunASRStreamingRecognizer":
+    def load(cls, model: str, *, device: str = "cpu", ncpu: int = 1, revision: str = "") -> FunASRStreamingRecognizer:
         automodel = load_automodel(model, device=device, ncpu=ncpu, revision=revision)
         return cls(automodel, description=f"{model} on {device}")
 

@@ -105,7 +105,7 @@ class ChunkJob:
         }
 
     @classmethod
-    def from_wire(cls, data: Any) -> "ChunkJob":
+    def from_wire(cls, data: Any) -> ChunkJob:
         """Validate a task payload; anything malformed raises ProtocolError (the task then reports it)."""
         try:
             job = cls(
@@ -155,7 +155,7 @@ class ChunkResult:
         return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
-    def decode(cls, raw: str | bytes) -> "ChunkResult":
+    def decode(cls, raw: str | bytes) -> ChunkResult:
         data = json.loads(raw)
         return cls(
             stream=data["stream"],

@@ -14,8 +14,9 @@ def recognizer(model_dir: str) -> FunASRStreamingRecognizer:
     return FunASRStreamingRecognizer.load(model_dir, device="cpu", ncpu=1)
 
 
-def chunk_texts(model_dir: str, pcm: bytes, options: StreamOptions = StreamOptions()) -> list[str]:
+def chunk_texts(model_dir: str, pcm: bytes, options: StreamOptions | None = None) -> list[str]:
     """Per-chunk texts of ``AutoModel.generate`` on full chunks of ``pcm`` and a final remainder chunk."""
+    options = options or StreamOptions()
     rec = recognizer(model_dir)
     audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
     step = options.chunk_samples

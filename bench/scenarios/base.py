@@ -10,10 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,7 +21,7 @@ import redis
 from bench.loadtest import save
 from bench.runner import LoadResult
 from bench.table import format_report
-from tests.stack import Proc, Stack, free_port, wait_until
+from tests.stack import Proc, Stack
 
 logger = logging.getLogger(__name__)
 
@@ -112,54 +109,9 @@ def running_stack(opts: Options, name: str, *, workers: list[tuple[str, int]], r
         stack.stop()
 
 
-class PrivateRedis:
-    """A throw-away ``redis-server`` on a free port, no persistence: scenarios may stop and restart it."""
-
-    def __init__(self, logdir: Path) -> None:
-        self.port = free_port()
-        self.logdir = logdir
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/1"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed")
-        self.logdir.mkdir(parents=True, exist_ok=True)
-        log = (self.logdir / f"redis-{self.port}.log").open("ab")
-        self.proc = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--maxclients", "10000"],
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        client = redis.Redis(port=self.port)
-        wait_until(lambda: _pings(client), 10, what=f"redis-server on port {self.port}")
-
-    def stop(self) -> None:
-        """Kill it (SIGKILL: like a crash, nothing flushed) and wait for it to exit."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def restart(self, down: float) -> float:
-        """Kill it, stay down ``down`` seconds, start it again; returns the monotonic time it answered again."""
-        self.stop()
-        time.sleep(down)
-        self.start()
-        return time.monotonic()
-
-
 def stack_pids(stack: Stack) -> dict[str, int]:
     """Process name → pid of every process the stack started (the gateway's is gunicorn's master)."""
     return {proc.name: proc.popen.pid for proc in stack.procs}
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
 
 
 @dataclass

@@ -73,7 +73,7 @@ def run(opts: Options, args: argparse.Namespace) -> int:
     settings = {"max_pending": 10**9} if args.no_admission else {}
     pcm = audio.noise(args.seconds, seed=1)
     reports, cpu = {}, {}
-    for i, (name, layout) in enumerate(layouts(opts, args).items()):
+    for name, layout in layouts(opts, args).items():
         if args.only and not name.startswith(args.only):
             continue
         if reports:

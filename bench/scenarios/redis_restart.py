@@ -23,7 +23,6 @@ from bench.runner import LoadPlan, LoadResult, LoadRunner
 from bench.scenarios.base import (
     Checks,
     Options,
-    PrivateRedis,
     running_stack,
     save_figures,
     save_run,
@@ -31,6 +30,7 @@ from bench.scenarios.base import (
 )
 from bench.stats import COMPLETED, classify
 from bench.table import num
+from tests.stack import PrivateRedis
 
 READY_TIMEOUT = 60.0  # seconds for every session to get a first partial before Redis goes down
 PROBE_SECONDS = 1.2  # audio of a probe session: two chunks
@@ -42,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--streams", type=int, default=20)
     p.add_argument("--seconds", type=float, default=20.0, help="audio each session streams, seconds")
     p.add_argument("--down", type=float, default=3.0, help="seconds Redis stays down")
-    p.add_argument("--restart-at", type=float, help="seconds into the run to kill Redis (default: a third of the audio)")
+    p.add_argument("--restart-at", type=float,
+                   help="seconds into the run to kill Redis (default: a third of the audio)")
     p.add_argument("--recover-within", type=float, default=60.0, help="seconds for a new session to work")
     p.add_argument("--timeout", type=float, default=60.0, help="per-session client timeout, seconds")
     p.add_argument("--concurrency", type=int, default=16, help="chunks per worker at once")

@@ -55,7 +55,8 @@ def test_unknown_fields_are_named_in_the_error():
 def test_end_of_utterance_and_browser_client_repeating_its_config():
     assert parse_control('{"is_speaking": false}') == (False, None)
     assert parse_control('{"is_speaking": false, "is_end": true}') == (False, None)
-    repeated = '{"chunk_size": [5,10,5], "wav_name": "h5", "is_speaking": false, "chunk_interval": 10, "mode": "online"}'
+    repeated = ('{"chunk_size": [5,10,5], "wav_name": "h5", "is_speaking": false, "chunk_interval": 10, '
+                '"mode": "online"}')
     assert parse_control(repeated) == (False, None)
 
 

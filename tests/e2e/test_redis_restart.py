@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
 import time
 
 import pytest
@@ -12,45 +11,13 @@ import redis
 
 from bench.client import StreamClient
 from tests import audio, reference
-from tests.stack import free_port, wait_until
+from tests.stack import PrivateRedis, wait_until
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
 
 
-class PrivateRedis:
-    """A throwaway redis-server on its own port, so restarting it disturbs nothing else."""
-
-    def __init__(self, workdir) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url)
-        wait_until(lambda: _pings(client), 10, what="redis-server to answer")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-
-
 def test_sessions_survive_a_redis_restart_and_new_sessions_work_soon_after(make_stack, tiny_model, tmp_path):
-    server = PrivateRedis(tmp_path)
+    server = PrivateRedis(tmp_path)  # restarting it disturbs nothing else
     server.start()
     try:
         s = make_stack("restart", redis_url=server.url, heartbeat_interval=0.5, heartbeat_ttl=2)
