@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 PREFIX = "ASR_"
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,7 +120,7 @@ class Settings:
         return self.model or self.default_model_dir
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``ASR_*`` variables; explicit ``overrides`` win over the environment."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -130,7 +131,7 @@ class Settings:
         values.update(overrides)
         return cls(**values)
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
 
