@@ -9,8 +9,8 @@ test:           ## install and run the tests (needs nothing but Python 3.10+ and
 install:
 	scripts/install.sh --dev
 
-lint:
-	.venv/bin/ruff check app tasks config bench tests
+lint:           ## ruff (ruff.toml)
+	.venv/bin/ruff check .
 
 bench-model:    ## batched vs unbatched throughput of the full-size model
 	.venv/bin/python -m bench.model_throughput
