@@ -84,17 +84,30 @@ class ResultRouter:
                 self._stop.wait(0.5)
 
     def _serve_requests(self, pubsub: redis.client.PubSub) -> None:
+        """Send every queued (un)subscription, one command each way (a burst of new sessions costs one write)."""
+        subscribe, unsubscribe, waiting = [], [], []
         while True:
             try:
                 action, channel, sent = self._requests.get_nowait()
             except queue.Empty:
-                return
+                break
             if action == "subscribe" and channel in self._subscribers:
-                pubsub.subscribe(channel)
-            elif action == "unsubscribe" and channel not in self._subscribers and pubsub.subscribed:
-                pubsub.unsubscribe(channel)
+                subscribe.append(channel)
+            elif action == "unsubscribe" and channel not in self._subscribers:
+                unsubscribe.append(channel)
             if sent is not None:
-                sent.set()
+                waiting.append(sent)
+        try:
+            if subscribe:
+                pubsub.subscribe(*subscribe)
+            if unsubscribe and pubsub.subscribed:
+                pubsub.unsubscribe(*unsubscribe)
+        except redis.RedisError:
+            for channel in unsubscribe:  # retried after the reconnect; the subscribers' waits time out
+                self._requests.put(("unsubscribe", channel, None))
+            raise
+        for sent in waiting:
+            sent.set()
 
     def _recovered(self) -> bool:
         """Back online (PubSub resubscribed itself): tell every session results may have been lost."""

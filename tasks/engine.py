@@ -33,6 +33,7 @@ from tasks.wire import ChunkJob, ChunkResult
 logger = logging.getLogger(__name__)
 
 Publisher = Callable[[Sequence[tuple[str, ChunkResult]]], None]
+SWEEP_SECONDS = 0.25  # how often gap and idle timeouts are checked
 
 
 class Pending:
@@ -211,6 +212,7 @@ class Engine:
 
     # --- batcher thread -------------------------------------------------------------------------------------------
     def _run(self) -> None:
+        next_sweep = 0.0
         while True:
             with self._cond:
                 batch = self._collect()
@@ -218,7 +220,9 @@ class Engine:
                     return
             if batch:
                 self._process(batch)
-            self._expire()
+            if self.clock() >= next_sweep:  # a sweep visits every stream: not after every batch
+                next_sweep = self.clock() + SWEEP_SECONDS
+                self._expire()
 
     def _collect(self) -> list[tuple[_Stream, _Waiting]] | None:
         """Wait for ready chunks per the batching policy; None when stopping. Caller holds the lock."""
