@@ -17,12 +17,14 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from config.logs import printable
+from tasks import options as opt
 from tasks.errors import ProtocolError
-from tasks.recognizer import StreamOptions
+from tasks.options import SAMPLE_RATE, StreamOptions
 
 SUPPORTED_MODES = ("online",)
 PLANNED_MODES = ("offline", "2pass")
-SAMPLE_RATE = 16000
+MAX_NAMED_FIELDS = 5  # unknown field names quoted in an error or warning; the rest are counted
 
 CLOSE_UNSUPPORTED = 1003
 CLOSE_INVALID_PAYLOAD = 1007
@@ -89,16 +91,14 @@ def _load_object(text: str) -> dict:
 
 
 def _int(data: dict, name: str, default: int, low: int, high: int) -> int:
-    value = data.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ProtocolError(f"{name} must be an integer, got {value!r}", code="bad_config")
-    try:
-        number = int(value)
-    except ValueError as exc:
-        raise ProtocolError(f"{name} must be an integer, got {value!r}", code="bad_config") from exc
-    if not low <= number <= high:
-        raise ProtocolError(f"{name}={number} is outside [{low}, {high}]", code="bad_config")
-    return number
+    return opt.check_int(name, data.get(name, default), low, high)
+
+
+def _names(fields: set[str]) -> str:
+    """Unknown field names for an error message: a few, escaped and cut short; the rest counted."""
+    names = sorted(fields)
+    shown = ", ".join(printable(n, 40) for n in names[:MAX_NAMED_FIELDS])
+    return shown + (f" and {len(names) - MAX_NAMED_FIELDS} more" if len(names) > MAX_NAMED_FIELDS else "")
 
 
 def _bool(data: dict, name: str, default: bool) -> bool:
@@ -109,40 +109,18 @@ def _bool(data: dict, name: str, default: bool) -> bool:
         return value.lower() == "true"
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    raise ProtocolError(f"{name} must be true or false, got {value!r}", code="bad_config")
-
-
-def _chunk_size(value: Any) -> tuple[int, int, int]:
-    parts = value.split(",") if isinstance(value, str) else value
-    if not isinstance(parts, (list, tuple)) or len(parts) != 3:
-        raise ProtocolError(f"chunk_size must be three integers like [5, 10, 5], got {value!r}", code="bad_config")
-    try:
-        left, mid, right = (int(p) for p in parts)
-    except (TypeError, ValueError) as exc:
-        raise ProtocolError(f"chunk_size must be three integers, got {value!r}", code="bad_config") from exc
-    if not (1 <= mid <= 50 and 0 <= left <= 50 and 0 <= right <= 50):
-        raise ProtocolError(f"chunk_size {value!r} is out of range (middle 1..50, sides 0..50)", code="bad_config")
-    return left, mid, right
-
-
-def _hotwords(data: dict) -> str:
-    value = data.get("hotwords", data.get("hotword", ""))
-    if isinstance(value, dict):
-        return json.dumps(value, ensure_ascii=False)
-    if not isinstance(value, str):
-        raise ProtocolError("hotwords must be a string (FunASR sends a JSON object as a string)", code="bad_config")
-    return value
+    raise ProtocolError(f"{name} must be true or false, got {printable(repr(value), 40)}", code="bad_config")
 
 
 def _check_mode(data: dict) -> str:
     mode = data.get("mode", "online")
     if mode in PLANNED_MODES:
         raise ProtocolError(
-            f"mode {mode!r} is not available yet; this server supports mode 'online'",
+            f"mode {printable(mode, 40)!r} is not available yet; this server supports mode 'online'",
             code="unsupported_mode", close_code=CLOSE_UNSUPPORTED,
         )
     if mode not in SUPPORTED_MODES:
-        raise ProtocolError(f"unknown mode {mode!r}; use 'online'", code="unsupported_mode",
+        raise ProtocolError(f"unknown mode {printable(mode, 40)!r}; use 'online'", code="unsupported_mode",
                             close_code=CLOSE_UNSUPPORTED)
     return mode
 
@@ -150,7 +128,8 @@ def _check_mode(data: dict) -> str:
 def _check_audio(data: dict) -> tuple[str, int]:
     wav_format = str(data.get("wav_format", "pcm")).lower()
     if wav_format != "pcm":
-        raise ProtocolError(f"wav_format {wav_format!r} is not supported; send 16-bit PCM and wav_format 'pcm'",
+        raise ProtocolError(f"wav_format {printable(wav_format, 40)!r} is not supported; send 16-bit PCM and "
+                            "wav_format 'pcm'",
                             code="unsupported_format", close_code=CLOSE_UNSUPPORTED)
     audio_fs = _int(data, "audio_fs", SAMPLE_RATE, 1, 1_000_000)
     if audio_fs != SAMPLE_RATE:
@@ -162,26 +141,24 @@ def _check_audio(data: dict) -> tuple[str, int]:
 def parse_config(text: str, *, encoder_look_back: int = 4, decoder_look_back: int = 1) -> SessionConfig:
     """Validate a session's first message; raises :class:`ProtocolError` with a close code on any problem."""
     data = _load_object(text)
-    unknown = sorted(set(data) - KNOWN_FIELDS)
+    unknown = set(data) - KNOWN_FIELDS
     if unknown:
-        raise ProtocolError(f"unknown field(s) in the first message: {', '.join(unknown)}", code="unknown_field")
+        raise ProtocolError(f"unknown field(s) in the first message: {_names(unknown)}", code="unknown_field")
     mode = _check_mode(data)
     wav_format, audio_fs = _check_audio(data)
-    wav_name = data.get("wav_name", "microphone")
-    if not isinstance(wav_name, str) or len(wav_name) > 256:
-        raise ProtocolError("wav_name must be a string of at most 256 characters", code="bad_config")
+    wav_name = opt.check_wav_name(data.get("wav_name", "microphone"))
     return SessionConfig(
         mode=mode,
-        chunk_size=_chunk_size(data.get("chunk_size", [5, 10, 5])),
+        chunk_size=opt.check_chunk_size(data.get("chunk_size", [5, 10, 5])),
         chunk_interval=_int(data, "chunk_interval", 10, 1, 1000),
         wav_name=wav_name,
         wav_format=wav_format,
         audio_fs=audio_fs,
         is_speaking=_bool(data, "is_speaking", True),
-        hotwords=_hotwords(data),
+        hotwords=opt.check_hotwords(data.get("hotwords", data.get("hotword", ""))),
         itn=_bool(data, "itn", True),
-        encoder_chunk_look_back=_int(data, "encoder_chunk_look_back", encoder_look_back, -1, 64),
-        decoder_chunk_look_back=_int(data, "decoder_chunk_look_back", decoder_look_back, -1, 64),
+        encoder_chunk_look_back=_int(data, "encoder_chunk_look_back", encoder_look_back, *opt.LOOK_BACK_RANGE),
+        decoder_chunk_look_back=_int(data, "decoder_chunk_look_back", decoder_look_back, *opt.LOOK_BACK_RANGE),
         queue_status=_bool(data, "queue_status", True),
         timing=_bool(data, "timing", False),
         extra=tuple((k, data[k]) for k in ("svs_lang", "svs_itn") if k in data),
@@ -196,10 +173,10 @@ def parse_control(text: str) -> tuple[bool | None, ProtocolError | None]:
     second configuration: the session keeps its first one and the client is told. Non-JSON raises (non-fatal).
     """
     data = _load_object(text)
-    unknown = sorted(set(data) - KNOWN_FIELDS)
+    unknown = set(data) - KNOWN_FIELDS
     warning = None
     if unknown:
-        warning = ProtocolError(f"unknown field(s) ignored: {', '.join(unknown)}", code="unknown_field",
+        warning = ProtocolError(f"unknown field(s) ignored: {_names(unknown)}", code="unknown_field",
                                 close_code=None)
     if "is_speaking" not in data:
         if warning is None and set(data) - CONTROL_FIELDS:

@@ -12,3 +12,14 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=logging.WARNING, format=FORMAT)
     for name in ("app", "tasks", "config"):
         logging.getLogger(name).setLevel(level.upper())
+
+
+def printable(value: object, limit: int = 80) -> str:
+    """Client-supplied text made safe to log: control characters escaped, at most ``limit`` characters.
+
+    A ``wav_name`` or field name with a newline would otherwise forge log lines; a megabyte one would flood the log.
+    """
+    text = value if isinstance(value, str) else repr(value)
+    cut = len(text) > limit
+    text = text[:limit].encode("unicode_escape", "backslashreplace").decode("ascii")
+    return text + ("…" if cut else "")

@@ -24,49 +24,9 @@ from typing import Any
 import numpy as np
 
 from tasks.errors import ModelLoadError, RecognitionFailed
+from tasks.options import StreamOptions
 
 logger = logging.getLogger(__name__)
-
-SAMPLE_RATE = 16000
-SAMPLES_PER_CHUNK_UNIT = 960  # chunk_size entries count 60 ms units of 16 kHz audio
-
-
-@dataclass(frozen=True)
-class StreamOptions:
-    """Per-stream decoding options, as a FunASR client sends them in its first message."""
-
-    chunk_size: tuple[int, int, int] = (5, 10, 5)
-    encoder_chunk_look_back: int = 4
-    decoder_chunk_look_back: int = 1
-    hotwords: str = ""  # accepted and kept; paraformer-zh-streaming has no hotword biasing
-    itn: bool = True  # accepted and kept; no ITN model in the streaming path yet
-    wav_name: str = ""
-
-    @property
-    def chunk_samples(self) -> int:
-        """Samples in one full chunk: chunk_size[1] × 60 ms."""
-        return self.chunk_size[1] * SAMPLES_PER_CHUNK_UNIT
-
-    def to_wire(self) -> dict:
-        return {
-            "chunk_size": list(self.chunk_size),
-            "encoder_chunk_look_back": self.encoder_chunk_look_back,
-            "decoder_chunk_look_back": self.decoder_chunk_look_back,
-            "hotwords": self.hotwords,
-            "itn": self.itn,
-            "wav_name": self.wav_name,
-        }
-
-    @classmethod
-    def from_wire(cls, data: dict) -> StreamOptions:
-        return cls(
-            chunk_size=tuple(int(x) for x in data["chunk_size"]),  # type: ignore[arg-type]
-            encoder_chunk_look_back=int(data["encoder_chunk_look_back"]),
-            decoder_chunk_look_back=int(data["decoder_chunk_look_back"]),
-            hotwords=str(data.get("hotwords", "")),
-            itn=bool(data.get("itn", True)),
-            wav_name=str(data.get("wav_name", "")),
-        )
 
 
 @dataclass
