@@ -57,13 +57,30 @@ class Settings:
     encoder_chunk_look_back: int = _setting(4, "Default encoder look-back of the streaming model", "chunks")
     decoder_chunk_look_back: int = _setting(1, "Default decoder look-back of the streaming model", "chunks")
     fault_injection: bool = _setting(
-        False, "Chaos testing only: a stream whose wav_name starts with '__raise__' makes the recognizer raise"
+        False, "Chaos testing only: a stream whose wav_name starts with '__raise__' makes the recognizer raise, "
+        "one starting with '__kill_engine__' kills the worker's engine thread"
     )
 
     # --- sessions -------------------------------------------------------------------------------------------------
     max_frame_bytes: int = _setting(1 << 20, "Largest binary WebSocket frame accepted", "bytes")
-    max_text_bytes: int = _setting(64 << 10, "Largest text WebSocket message accepted", "bytes")
-    idle_timeout: float = _setting(30.0, "Gateway closes a session that sends nothing for this long", "s")
+    max_text_bytes: int = _setting(64 << 10, "Largest text WebSocket message accepted (larger: close 1009)", "bytes")
+    max_messages_per_second: float = _setting(
+        400.0, "WebSocket messages (frames) per second one session may send, in bursts of twice that; past it the "
+        "session is closed with 1008 rate_limited. 0 = no limit", "messages/s"
+    )
+    config_timeout: float = _setting(10.0, "A session whose first message (its configuration) is not in by then "
+                                     "is closed, and its worker slot freed", "s")
+    idle_timeout: float = _setting(
+        30.0, "Gateway closes a session that sends no audio for this long (other messages do not count)", "s"
+    )
+    max_outstanding_seconds: float = _setting(
+        10.0, "Audio a session may have submitted without results; past it the gateway stops reading that client "
+        "(TCP back-pressure) until results catch up", "s"
+    )
+    max_outbox_bytes: int = _setting(
+        1 << 20, "Messages waiting to be written to one client; a client this far behind is disconnected "
+        "(slow_consumer)", "bytes"
+    )
     stream_idle_timeout: float = _setting(120.0, "Worker frees a stream's model state unused for this long", "s")
     chunk_timeout: float = _setting(
         60.0, "A chunk without a result this long after submission ends the session with an error", "s"
@@ -71,8 +88,16 @@ class Settings:
     replay_max_seconds: float = _setting(
         120.0, "Audio of the current utterance kept by the gateway to replay on another worker (32 KB/s)", "s"
     )
-    max_sessions_per_client: int = _setting(0, "Concurrent sessions one client address may hold; 0 = no limit")
-    api_token: str = _setting("", "If set, /ws and /api require it as 'Authorization: Bearer …' or ?token=…")
+    replay_budget_mb: float = _setting(
+        512.0, "Replay history all sessions of one gateway process may keep in all (beyond unanswered audio)", "MiB"
+    )
+    max_sessions_per_client: int = _setting(
+        0, "Concurrent sessions one client address may hold, across all gateway processes; 0 = no limit"
+    )
+    api_token: str = _setting(
+        "", "If set, /ws, /api/* and /metrics require it as 'Authorization: Bearer …' (any case) or ?token=…; "
+        "/healthz then tells anonymous callers only its status"
+    )
     allowed_origins: str = _setting("", "Comma-separated Origin values allowed on /ws; empty allows any")
 
     # --- capacity and admission -----------------------------------------------------------------------------------
@@ -136,7 +161,7 @@ class Settings:
 
 
 def _parse(f: dataclasses.Field, raw: str) -> Any:
-    kind = type(f.default)
+    kind: Any = type(f.default)
     try:
         if kind is bool:
             lowered = raw.strip().lower()

@@ -1,10 +1,12 @@
-"""Container probe for a worker: exit 0 when its heartbeat is in Redis (model loaded, registered), else 1.
+"""Container probe for a worker: exit 0 when its heartbeat is in Redis and says its engine is ok, else 1.
 
     python -m tasks.healthcheck [--worker-id ID] [--timeout SECONDS]
 
 A worker writes its heartbeat key ``<ASR_KEY_PREFIX>worker:<worker id>`` only once its model is loaded, refreshes
 it every ``ASR_HEARTBEAT_INTERVAL`` and deletes it on SIGTERM (see :mod:`tasks.registry`), so the key existing
-is exactly "gateways may send sessions here". One line says why, on stdout when healthy, on stderr when not.
+is exactly "gateways may send sessions here". The body's ``engine`` field is the engine's health: anything but
+``ok`` (``dead``, ``stalled``) is unhealthy; a body without it (an older worker) counts as ok. One line says why,
+on stdout when healthy, on stderr when not.
 
 Worker id. It is the worker's Celery node name (``-n``). The convention in ``docker/``: the launch command passes
 ``-n`` the value of ``ASR_WORKER_NAME``, and this probe reads the same variable and expands it as Celery does
@@ -14,8 +16,10 @@ downward API. Unset, the id is Celery's own default, ``celery@<host name>``. ``A
 variable like ``ASR_WORKER_CONCURRENCY`` in the Procfile, not a field of :class:`config.settings.Settings`:
 the Celery command line owns the node name, and the worker reads it from there.
 
-What it does not check: that the worker is making progress. A liveness probe built on it would restart every
-worker at once whenever Redis is unreachable, so the deployment files use it for readiness only.
+What it does not check by itself: that the worker is making progress. The worker does: when its engine dies or
+stalls it deletes its heartbeat and exits with status 4 (tasks.runtime), for the restart policy to act on. A
+liveness probe built on this one would restart every worker at once whenever Redis is unreachable, so the
+deployment files use it for readiness only.
 """
 
 from __future__ import annotations
@@ -61,6 +65,11 @@ def check(settings: Settings, worker_id: str, timeout: float = 2.0) -> tuple[boo
         body = json.loads(raw)
     except ValueError:
         body = {}
+    if not isinstance(body, dict):
+        body = {}
+    engine = body.get("engine", "ok")
+    if engine != "ok":
+        return False, f"worker {worker_id} registered, but its engine is {str(engine)[:40]}"
     return True, (f"worker {worker_id} registered: model {body.get('model', '?')} on {body.get('device', '?')}, "
                   f"{body.get('streams', '?')} open streams")
 

@@ -3,6 +3,9 @@
 The key ``<prefix>worker:<id>`` existing *is* the worker being alive (Redis expires it, so no clocks are
 compared across machines); the set ``<prefix>workers`` lists ids to look up. Gateways read both (app.monitor) to
 pick a worker for a new session, to count capacity for admission, and to notice a dead worker's sessions.
+
+A worker must stop advertising itself the moment it cannot serve: the heartbeat asks ``check`` before every beat,
+and when it names a reason the heartbeat deletes the key, stops, and hands the reason to ``on_unhealthy``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,11 @@ logger = logging.getLogger(__name__)
 
 
 class Heartbeat:
-    """Publishes ``describe()`` every ``interval`` seconds under a key that expires after ``ttl``."""
+    """Publishes ``describe()`` every ``interval`` seconds under a key that expires after ``ttl``.
+
+    ``check()`` (optional) returns None while the worker can serve, else why not; the heartbeat then
+    deregisters, stops for good, and calls ``on_unhealthy(reason)`` from its own thread.
+    """
 
     def __init__(
         self,
@@ -32,6 +39,8 @@ class Heartbeat:
         *,
         interval: float = 1.0,
         ttl: float = 4.0,
+        check: Callable[[], str | None] | None = None,
+        on_unhealthy: Callable[[str], None] | None = None,
     ) -> None:
         self.client = client
         self.keys = keys
@@ -39,6 +48,8 @@ class Heartbeat:
         self.describe = describe
         self.interval = interval
         self.ttl_ms = int(ttl * 1000)
+        self.check = check
+        self.on_unhealthy = on_unhealthy
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="asr-heartbeat", daemon=True)
 
@@ -56,9 +67,10 @@ class Heartbeat:
         pipe.execute()
 
     def stop(self, *, deregister: bool = True) -> None:
-        """Stop beating; ``deregister`` deletes the key so gateways move this worker's sessions at once."""
+        """Stop beating; ``deregister`` deletes the key so gateways move this worker's sessions at once.
+        Idempotent, and callable from the heartbeat's own thread (``on_unhealthy`` may call it)."""
         self._stop.set()
-        if self._thread.is_alive():
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(self.interval * 2)
         if deregister:
             try:
@@ -69,6 +81,13 @@ class Heartbeat:
     def _run(self) -> None:
         failing = False
         while not self._stop.wait(self.interval):
+            reason = self.check() if self.check is not None else None
+            if reason is not None:
+                logger.critical("worker %s cannot serve (%s): deregistering", self.worker_id, reason)
+                self.stop(deregister=True)
+                if self.on_unhealthy is not None:
+                    self.on_unhealthy(reason)
+                return
             try:
                 self.beat()
                 if failing:

@@ -4,6 +4,11 @@ Created once per worker process by the worker hooks in ``tasks.transcribe`` — 
 session. The model loads in a background thread after the worker is up (loading can take far longer than
 Celery's startup timeouts); the heartbeat starts only once the model is ready, so gateways never route a session
 to a worker that cannot serve it yet.
+
+A worker whose engine dies (its batcher thread ended on an exception) or stalls (``ASR_CHUNK_TIMEOUT`` without
+coming back to its loop) is useless but would go on heartbeating. Instead it deregisters at once (gateways move
+its sessions), releases its waiting tasks, logs CRITICAL and exits with :data:`EXIT_ENGINE_DIED`, for the
+supervisor (compose/k8s restart policy, honcho) to restart it.
 """
 
 from __future__ import annotations
@@ -11,15 +16,16 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import redis
 
 from config.settings import Settings
 from tasks import modelgen
-from tasks.engine import Engine
+from tasks.engine import HEALTH_OK, HEALTH_STOPPED, KILL_ENGINE_PREFIX, Engine
 from tasks.errors import ModelLoadError
 from tasks.recognizer import FaultInjectingRecognizer, FunASRStreamingRecognizer, StreamingRecognizer
 from tasks.registry import Heartbeat
@@ -28,6 +34,7 @@ from tasks.wire import ChunkResult, Keys
 logger = logging.getLogger(__name__)
 
 EXIT_MODEL_LOAD_FAILED = 3  # the worker's exit status when its model cannot be loaded
+EXIT_ENGINE_DIED = 4  # ... when its engine died or stalled while serving
 
 DEFAULT_MODEL_BANNER = (
     "NO MODEL CONFIGURED: serving the embedded tiny paraformer-zh-streaming with RANDOM WEIGHTS from %s. "
@@ -41,7 +48,6 @@ def build_recognizer(settings: Settings) -> StreamingRecognizer:
     if settings.model_is_default:
         logger.warning(DEFAULT_MODEL_BANNER, path)
         modelgen.generate(path, "tiny")
-    kwargs = dict(device=settings.device, ncpu=settings.ncpu, revision=settings.model_revision)
     recognizer: StreamingRecognizer
     if settings.batching:
         from tasks.batched import BatchedParaformerRecognizer
@@ -50,11 +56,15 @@ def build_recognizer(settings: Settings) -> StreamingRecognizer:
         if settings.exact.lower() not in ("auto", "on", "off") or settings.autocast not in ("", "float16", "bfloat16"):
             raise ModelLoadError(f"ASR_EXACT={settings.exact!r} / ASR_AUTOCAST={settings.autocast!r}: "
                                  "use auto|on|off and ''|float16|bfloat16")
-        recognizer = BatchedParaformerRecognizer.load(path, exact=exact, dtype=settings.autocast or None, **kwargs)
+        recognizer = BatchedParaformerRecognizer.load(path, exact=exact, dtype=settings.autocast or None,
+                                                      device=settings.device, ncpu=settings.ncpu,
+                                                      revision=settings.model_revision)
     else:
-        recognizer = FunASRStreamingRecognizer.load(path, **kwargs)
+        recognizer = FunASRStreamingRecognizer.load(path, device=settings.device, ncpu=settings.ncpu,
+                                                     revision=settings.model_revision)
     if settings.fault_injection:
-        logger.warning("FAULT INJECTION IS ON: streams named __raise__N fail on chunk N")
+        logger.warning("FAULT INJECTION IS ON: streams named __raise__N fail on chunk N; streams named %s* kill "
+                       "the engine", KILL_ENGINE_PREFIX)
         recognizer = FaultInjectingRecognizer(recognizer)
     return recognizer
 
@@ -72,10 +82,26 @@ class RedisPublisher:
         pipe.execute()
 
 
-class WorkerRuntime:
-    """The per-process owner of engine, Redis client and heartbeat."""
+def exit_process(status: int) -> None:
+    """End the worker process now, from any thread (SystemExit would end only the calling thread)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(status)
 
-    def __init__(self, settings: Settings, worker_id: str, queue: str, concurrency: int, pool: str) -> None:
+
+class WorkerRuntime:
+    """The per-process owner of engine, Redis client and heartbeat.
+
+    ``exit_with`` ends the process (:func:`exit_process`); tests of the failure paths may replace it.
+    """
+
+    def __init__(self, settings: Settings, worker_id: str, queue: str, concurrency: int, pool: str,
+                 exit_with: Callable[[int], None] = exit_process) -> None:
         self.settings = settings
         self.worker_id = worker_id
         self.queue = queue
@@ -83,10 +109,13 @@ class WorkerRuntime:
         self.pool = pool
         self.keys = Keys(settings.key_prefix)
         self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=10)
+        self.publisher = RedisPublisher(self.redis)
+        self.exit = exit_with
         self.engine: Engine | None = None
         self.heartbeat: Heartbeat | None = None
         self.ready = threading.Event()
         self.started_at = time.time()
+        self._failing = threading.Lock()  # held by the one thread that runs the exit path
 
     def start(self) -> None:
         """Load the model in the background; tasks wait on :attr:`ready`."""
@@ -96,22 +125,27 @@ class WorkerRuntime:
         t0 = time.monotonic()
         try:
             recognizer = build_recognizer(self.settings)
+            recognizer.warm_up(batch_sizes=(1, min(8, max(1, self.concurrency))))
         except Exception as exc:  # noqa: BLE001 - process boundary: a worker without a model is useless
             logger.critical("worker %s cannot load its model, exiting: %s", self.worker_id, exc, exc_info=True)
-            os._exit(EXIT_MODEL_LOAD_FAILED)  # from a thread, SystemExit would not stop the worker
-        recognizer.warm_up(batch_sizes=(1, min(8, max(1, self.concurrency))))
+            self.exit(EXIT_MODEL_LOAD_FAILED)
+            return
         self.engine = Engine(
             recognizer,
-            RedisPublisher(self.redis),
+            self.publisher,
             worker_id=self.worker_id,
             max_batch=min(self.settings.batch_max_size, max(1, self.concurrency)),
             max_wait=self.settings.batch_max_wait_ms / 1000,
             stream_idle_timeout=self.settings.stream_idle_timeout,
+            stall_timeout=self.settings.chunk_timeout,  # a batch this long has failed its chunks' sessions anyway
+            on_death=self.engine_failed,
+            fault_injection=self.settings.fault_injection,
         ).start()
         logger.info("model ready in %.1f s: %s (%s)", time.monotonic() - t0, recognizer.description, recognizer.name)
         self.heartbeat = Heartbeat(
             self.redis, self.keys, self.worker_id, self.describe,
             interval=self.settings.heartbeat_interval, ttl=self.settings.heartbeat_ttl,
+            check=self.engine_problem, on_unhealthy=self.engine_failed,
         )
         self._start_heartbeat()
         self.ready.set()
@@ -125,6 +159,31 @@ class WorkerRuntime:
                 logger.warning("cannot register with Redis yet (%s); retrying", exc)
                 time.sleep(self.settings.heartbeat_interval)
 
+    def engine_problem(self) -> str | None:
+        """None while the engine serves (or is stopping on purpose); else why it cannot: dead or stalled."""
+        engine = self.engine
+        if engine is None:
+            return None  # still loading: the heartbeat has not started
+        health = engine.health()
+        if health in (HEALTH_OK, HEALTH_STOPPED):  # stopped: SIGTERM, and stop() ends the heartbeat itself
+            return None
+        return f"engine {health}" + (f" ({engine.death})" if engine.death else "")
+
+    def engine_failed(self, reason: str) -> None:
+        """The engine cannot serve any more: deregister, release waiting tasks, exit with EXIT_ENGINE_DIED.
+
+        Called from the dying batcher thread or from the heartbeat thread; runs once.
+        """
+        if not self._failing.acquire(blocking=False):
+            return
+        logger.critical("worker %s: %s; deregistering and exiting with status %d",
+                        self.worker_id, reason, EXIT_ENGINE_DIED)
+        if self.heartbeat is not None:
+            self.heartbeat.stop(deregister=True)
+        if self.engine is not None:
+            self.engine.stop(timeout=0)  # releases every waiting task body at once
+        self.exit(EXIT_ENGINE_DIED)
+
     def describe(self) -> dict:
         """The heartbeat body: what gateways and /api/queue need to know about this worker."""
         engine = self.engine
@@ -135,6 +194,7 @@ class WorkerRuntime:
             "queue": self.queue,
             "pool": self.pool,
             "concurrency": self.concurrency,
+            "engine": engine.health() if engine else "loading",
             "streams": engine.open_streams if engine else 0,
             "max_streams": self.settings.worker_max_streams,
             "recognizer": recognizer.name if recognizer else None,

@@ -12,7 +12,9 @@ Hooks, in the order Celery fires them in the worker process:
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+import redis
 from celery import shared_task, signals
 from celery.concurrency import get_implementation
 
@@ -20,7 +22,7 @@ from config.settings import Settings
 from tasks import wire
 from tasks.errors import ProtocolError
 from tasks.runtime import WorkerRuntime
-from tasks.wire import ChunkJob
+from tasks.wire import ChunkJob, ChunkResult
 
 logger = logging.getLogger(__name__)
 
@@ -78,13 +80,38 @@ def _ready_runtime() -> WorkerRuntime:
     return runtime
 
 
+def _refuse(payload: Any, error: ProtocolError) -> None:
+    """Answer a malformed chunk task on its session's channel, so the gateway ends that session with the reason;
+    a payload that does not say whose it is (or names a channel not its session's) is logged and dropped."""
+    runtime = _runtime
+    address = ChunkJob.reply_address(payload)
+    if runtime is not None and address is not None:
+        stream, seq, channel = address
+        if channel == runtime.keys.result_channel(wire.split_stream_id(stream)[0]):
+            logger.warning("refusing chunk %d of %s: %s", seq, stream, error.message)
+            result = ChunkResult(stream, seq, error=error.message, code=error.code, worker=runtime.worker_id)
+            try:
+                runtime.publisher([(channel, result)])
+            except redis.RedisError as exc:
+                logger.warning("could not answer the refused chunk %d of %s: %s", seq, stream, exc)
+            if runtime.engine is not None:
+                runtime.engine.close_stream(stream)  # the session ends: its later chunks need no state
+            return
+    logger.error("dropping a malformed chunk task that names no valid reply channel (%s): %s",
+                 error.message, wire.payload_summary(payload))
+
+
 @shared_task(name=wire.TASK_CHUNK, ignore_result=True)
-def transcribe_chunk(payload: dict) -> None:
-    """Recognize one chunk of a stream; returns once its result is published on the session's channel."""
+def transcribe_chunk(payload: Any) -> None:
+    """Recognize one chunk of a stream; returns once its result is published on the session's channel.
+
+    The payload is validated completely first (:meth:`ChunkJob.from_wire`): a malformed one never reaches the
+    engine, and is answered with a ``bad_task`` result where the payload says whose it is.
+    """
     try:
         job = ChunkJob.from_wire(payload)
     except ProtocolError as exc:
-        logger.error("dropping chunk task: %s", exc.message)
+        _refuse(payload, exc)
         return
     runtime = _ready_runtime()
     assert runtime.engine is not None

@@ -1,7 +1,7 @@
 """The contract between gateway and workers: task names, payloads, result messages, queue and key names.
 
-The gateway imports only this module (and ``tasks.errors``) from ``tasks``: it submits tasks by name and never
-imports torch or FunASR.
+The gateway imports only this module (and ``tasks.errors``, ``tasks.options``) from ``tasks``: it submits tasks
+by name and never imports torch or FunASR.
 
 Streams and sessions. A client session (one WebSocket) is served by one *stream* at a time: ``<session>/<gen>``.
 When its worker dies the gateway replays the session's unfinished audio to another worker under a new
@@ -15,11 +15,19 @@ base64-encodes the whole message body once.)
 from __future__ import annotations
 
 import json
+import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from tasks.errors import ProtocolError
+from tasks.options import (
+    BYTES_PER_SAMPLE,
+    CHUNK_MID_RANGE,
+    SAMPLES_PER_CHUNK_UNIT,
+    StreamOptions,
+)
 
 TASK_CHUNK = "asr.chunk"
 TASK_CLOSE_STREAM = "asr.close_stream"
@@ -72,13 +80,71 @@ class Keys:
         return f"{self.prefix}leases:{worker_id}"
 
 
+#: Bounds of a chunk task's fields, checked by :meth:`ChunkJob.from_wire`. The largest chunk is one of the largest
+#: chunk_size[1]: 50 × 60 ms of 16-bit audio = 96,000 bytes (a final chunk is the shorter remainder).
+MAX_CHUNK_BYTES = CHUNK_MID_RANGE[1] * SAMPLES_PER_CHUNK_UNIT * BYTES_PER_SAMPLE
+MAX_STREAM_CHARS = 256  # '<session>/<gen>'; the gateway's session ids are 32 hex digits
+MAX_CHANNEL_CHARS = 512
+MAX_SEQ = 2**53 - 1  # stays exact in the JSON results clients decode
+_STREAM_RE = re.compile(r"[!-~]+/(?:0|[1-9][0-9]{0,17})")  # printable ASCII session, '/', a canonical generation
+
+
+def _bad_task(message: str) -> ProtocolError:
+    return ProtocolError(f"malformed chunk task: {message}", code="bad_task")
+
+
+def _check_stream(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > MAX_STREAM_CHARS or not _STREAM_RE.fullmatch(value):
+        raise _bad_task(f"stream must be '<session>/<generation>' of at most {MAX_STREAM_CHARS} characters")
+    return value
+
+
+def _check_seq(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEQ:
+        raise _bad_task(f"seq must be an integer in [0, {MAX_SEQ}]")
+    return value
+
+
+def _check_channel(value: Any) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_CHANNEL_CHARS:
+        raise _bad_task(f"channel must be a non-empty string of at most {MAX_CHANNEL_CHARS} characters")
+    return value
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _bad_task(f"{name} must be a boolean, got {type(value).__name__}")
+    return value
+
+
+def _check_audio(value: Any) -> bytes:
+    if not isinstance(value, (bytes, bytearray)):
+        raise _bad_task(f"audio must be bytes, got {type(value).__name__}")
+    if len(value) % BYTES_PER_SAMPLE:
+        raise _bad_task("audio must be whole 16-bit samples (an even number of bytes)")
+    if len(value) > MAX_CHUNK_BYTES:
+        raise _bad_task(f"audio is {len(value)} bytes; a chunk is at most {MAX_CHUNK_BYTES}")
+    return bytes(value)
+
+
+def _check_time(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _bad_task("t must be a finite number (seconds)")
+    return float(value)
+
+
 @dataclass
 class ChunkJob:
     """One chunk of one stream, as submitted to a worker.
 
     ``seq`` numbers the stream's chunks from 0 without gaps, across utterances. ``first`` marks the first chunk of
-    an utterance (the worker starts fresh model state; ``options`` is set then), ``is_final`` the last (the
-    model flushes its tail). ``audio`` is 16-bit LE mono PCM at 16 kHz.
+    an utterance (the worker starts fresh model state), ``is_final`` the last (the model flushes its tail).
+    ``audio`` is 16-bit LE mono PCM at 16 kHz.
+
+    ``options`` (:meth:`tasks.options.StreamOptions.to_wire`) travel once per stream: on the stream's first job
+    (the first chunk a generation sends, after a replay too) and on no other. The worker keeps them for every
+    later utterance of the stream; a ``first`` chunk of a stream it holds no options for fails with
+    StreamStateLost, and the gateway replays the stream, options included.
     """
 
     stream: str
@@ -90,6 +156,15 @@ class ChunkJob:
     channel: str = ""
     replay: bool = False
     submitted_at: float = field(default_factory=time.time)
+    _parsed: StreamOptions | None = field(default=None, init=False, repr=False, compare=False)
+
+    def stream_options(self) -> StreamOptions | None:
+        """``options`` validated (:meth:`StreamOptions.from_wire`, which raises ProtocolError), or None."""
+        if self.options is None:
+            return None
+        if self._parsed is None:
+            self._parsed = StreamOptions.from_wire(self.options)
+        return self._parsed
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -106,26 +181,72 @@ class ChunkJob:
 
     @classmethod
     def from_wire(cls, data: Any) -> ChunkJob:
-        """Validate a task payload; anything malformed raises ProtocolError (the task then reports it)."""
-        try:
-            job = cls(
-                stream=str(data["stream"]),
-                seq=int(data["seq"]),
-                audio=data["audio"],
-                is_final=bool(data["final"]),
-                first=bool(data["first"]),
-                options=data.get("options"),
-                channel=str(data["channel"]),
-                replay=bool(data.get("replay", False)),
-                submitted_at=float(data.get("t", time.time())),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ProtocolError(f"malformed chunk payload: {exc!r}", code="bad_task") from exc
-        if not isinstance(job.audio, (bytes, bytearray)) or len(job.audio) % 2:
-            raise ProtocolError("chunk audio must be whole 16-bit samples", code="bad_task")
-        if job.first and not isinstance(job.options, dict):
-            raise ProtocolError("first chunk of an utterance carries no options", code="bad_task")
+        """Validate a task payload completely: every field's type and bounds, and the options through
+        :meth:`StreamOptions.from_wire`. Anything malformed raises ProtocolError with code ``bad_task``, so a bad
+        payload fails its own task and never reaches the engine. ``options`` come back normalized."""
+        if not isinstance(data, dict):
+            raise _bad_task(f"the payload must be a mapping, got {type(data).__name__}")
+        missing = [k for k in ("stream", "seq", "audio", "final", "first", "channel") if k not in data]
+        if missing:
+            raise _bad_task(f"the payload lacks {', '.join(missing)}")
+        first = _check_bool("first", data["first"])
+        raw_options = data.get("options")
+        parsed = None
+        if raw_options is not None:
+            if not first:
+                raise _bad_task("options travel only on a stream's first chunk, which starts an utterance")
+            try:
+                parsed = StreamOptions.from_wire(raw_options)
+            except ProtocolError as exc:
+                raise _bad_task(f"bad stream options: {exc.message}") from exc
+        job = cls(
+            stream=_check_stream(data["stream"]),
+            seq=_check_seq(data["seq"]),
+            audio=_check_audio(data["audio"]),
+            is_final=_check_bool("final", data["final"]),
+            first=first,
+            options=parsed.to_wire() if parsed else None,
+            channel=_check_channel(data["channel"]),
+            replay=_check_bool("replay", data.get("replay", False)),
+            submitted_at=_check_time(data["t"]) if "t" in data else time.time(),
+        )
+        job._parsed = parsed
         return job
+
+    @staticmethod
+    def reply_address(data: Any) -> tuple[str, int, str] | None:
+        """``(stream, seq, channel)`` of a payload :meth:`from_wire` refused, when those three are valid: whom
+        to tell about it. None when the payload does not say."""
+        if not isinstance(data, dict):
+            return None
+        try:
+            return _check_stream(data.get("stream")), _check_seq(data.get("seq")), _check_channel(data.get("channel"))
+        except ProtocolError:
+            return None
+
+
+def payload_summary(data: Any, limit: int = 300) -> str:
+    """A log-safe description of a task payload: bytes by their length, strings cut short, the whole at most
+    ``limit`` characters. Builds nothing larger than the cut pieces, whatever the payload's size."""
+
+    def short(value: Any, depth: int) -> str:
+        if isinstance(value, (bytes, bytearray)):
+            return f"<{len(value)} bytes>"
+        if isinstance(value, str):
+            return repr(value[:60]) + ("..." if len(value) > 60 else "")
+        if depth > 2 and isinstance(value, (dict, list, tuple)):
+            return f"<{type(value).__name__} of {len(value)}>"
+        if isinstance(value, dict):
+            items = [f"{short(k, depth + 1)}: {short(v, depth + 1)}" for k, v in list(value.items())[:16]]
+            return "{" + ", ".join(items) + (", ..." if len(value) > 16 else "") + "}"
+        if isinstance(value, (list, tuple)):
+            return "[" + ", ".join(short(v, depth + 1) for v in value[:8]) + (", ..." if len(value) > 8 else "") + "]"
+        if isinstance(value, (int, float, bool)) or value is None:
+            return repr(value)[:40]
+        return f"<{type(value).__name__}>"
+
+    text = short(data, 0)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass

@@ -34,7 +34,7 @@ from tasks.batched.encoder import BatchedEncoder, EncoderCache, EncoderChunk
 from tasks.batched.frontend import BatchedFrontend, FrontendCache, FrontendChunk
 from tasks.batched.predictor import BatchedCif, CifCache, CifChunk
 from tasks.batched.rowexact import RowPlanner
-from tasks.recognizer import SAMPLES_PER_CHUNK_UNIT, StreamOptions
+from tasks.options import SAMPLES_PER_CHUNK_UNIT, StreamOptions
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class BatchedParaformer:
         return StreamCache(
             prev_samples=np.zeros(0, dtype=np.float32),
             frontend=self.frontend.fresh(),
-            encoder=self.encoder.fresh(tuple(options.chunk_size), self.device),  # type: ignore[arg-type]
+            encoder=self.encoder.fresh(options.chunk_size, self.device),
             cif=self.cif.fresh(self.hidden_size, self.device),
             decoder=self.decoder.fresh(),
         )
@@ -130,11 +130,11 @@ class BatchedParaformer:
         feats, frontends = self._features(items)
         with self._autocast():
             encoded = self.encoder([
-                EncoderChunk(it.cache.encoder, f, tuple(it.options.chunk_size), it.options.encoder_chunk_look_back)
+                EncoderChunk(it.cache.encoder, f, it.options.chunk_size, it.options.encoder_chunk_look_back)
                 for it, f in zip(items, feats)
             ])
         hidden = [encoded.rows[span].float() for span in encoded.spans]
-        embeds, cifs = self.cif([CifChunk(it.cache.cif, h, tuple(it.options.chunk_size), it.step.is_final)
+        embeds, cifs = self.cif([CifChunk(it.cache.cif, h, it.options.chunk_size, it.step.is_final)
                                  for it, h in zip(items, hidden)])
         tokens, decoders = self._decode(items, hidden, embeds)
         caches = [replace(it.cache, frontend=fe, encoder=enc, cif=cif, decoder=dec)
@@ -165,7 +165,7 @@ class BatchedParaformer:
             return tokens, decoders
         with self._autocast():
             scores, caches = self.decoder([
-                DecoderChunk(items[i].cache.decoder, embeds[i], hidden[i], tuple(items[i].options.chunk_size),
+                DecoderChunk(items[i].cache.decoder, embeds[i], hidden[i], items[i].options.chunk_size,
                              items[i].options.decoder_chunk_look_back)
                 for i in fired
             ])

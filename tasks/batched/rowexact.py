@@ -216,12 +216,12 @@ def _apply(layer: nn.Linear, x: torch.Tensor, route: _Route) -> torch.Tensor:
         rows = route.pairs.flatten()
         stacked = x.index_select(0, rows).view(-1, 2, x.shape[-1])
         results = torch.cat([layer(pair.unsqueeze(0))[0] for pair in stacked])
-        real = slice(0, rows.numel() - int(route.odd_pair))
-        out.index_copy_(0, rows[real], results[real])
+        kept = slice(0, rows.numel() - int(route.odd_pair))
+        out.index_copy_(0, rows[kept], results[kept])
     for row in route.singles:
         out[row] = layer(x[row].view(1, 1, -1))[0, 0]
-    for rows in route.alone:
-        out[rows] = layer(x[rows].unsqueeze(0))[0]
+    for span in route.alone:
+        out[span] = layer(x[span].unsqueeze(0))[0]
     return out
 
 

@@ -31,9 +31,9 @@ def client(redis_url, monkeypatch):
         r.delete(key)
 
 
-def beat(client: redis.Redis, worker_id: str, ttl_ms: int = 10_000) -> str:
+def beat(client: redis.Redis, worker_id: str, ttl_ms: int = 10_000, **fields) -> str:
     key = Keys(PREFIX).worker(worker_id)
-    client.set(key, json.dumps({"model": "/models/m", "device": "cpu", "streams": 3}), px=ttl_ms)
+    client.set(key, json.dumps({"model": "/models/m", "device": "cpu", "streams": 3, **fields}), px=ttl_ms)
     return key
 
 
@@ -48,6 +48,15 @@ def test_exit_status_follows_the_heartbeat_key(client, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("unhealthy: no heartbeat") and PREFIX + "worker:w1@host" in err
     assert "\n" not in err, "one line, for probe logs and `docker inspect`"
+
+
+@pytest.mark.parametrize("engine", ["dead", "stalled"])
+def test_a_heartbeat_that_reports_a_failed_engine_is_unhealthy(client, capsys, engine):
+    beat(client, "w1@host", engine=engine)
+    assert healthcheck.main(["--worker-id", "w1@host"]) == 1
+    assert capsys.readouterr().err.strip() == f"unhealthy: worker w1@host registered, but its engine is {engine}"
+    beat(client, "w1@host", engine="ok")
+    assert healthcheck.main(["--worker-id", "w1@host"]) == 0
 
 
 def test_another_workers_heartbeat_does_not_count(client):
