@@ -89,8 +89,8 @@ class Dispatcher:
                                retry_after=self.settings.retry_after)
 
     def move(self, session_id: str) -> str:
-        """Release the session's lease and lease a slot on the least-loaded live worker, full or not."""
-        self.leases.release(session_id)
+        """Release the session's worker lease and lease a slot on the least-loaded live worker, full or not."""
+        self.leases.release_worker(session_id)
         return self.reserve(session_id, require_room=False)
 
     def release(self, session_id: str) -> None:

@@ -1,30 +1,36 @@
-"""Serves one WebSocket session: frames in, chunk tasks out, results and queue status back, clean endings.
+"""The pump of one WebSocket session: moves messages, results and ticks into the session core, performs its actions.
 
-Three parties touch a session, each in its own thread (greenlet under gevent):
+Every decision lives in :class:`app.session.Session` (I/O-free). Three threads (greenlets under gevent) touch a
+session:
 
-* the handler thread (:meth:`SessionHandler.run`) reads the socket, feeds :class:`~app.session.StreamSession`,
-  submits jobs, and does the periodic work: queue_status pushes, timeouts, replay after a worker's death;
-* the result router's thread calls :meth:`_on_result`, which orders results and queues client messages;
-* a sender thread is the only writer to the socket, so a slow client never blocks the router.
+* the handler thread (:meth:`SessionHandler.run`) takes parsed messages from the connection (app.reader reads
+  the socket), passes them and a tick about every ``TICK`` seconds to the session, and performs the actions:
+  submissions (so a session's chunks reach the broker in order), moves to another worker, closes;
+* the result router's thread calls :meth:`_on_result`, which passes the result to the session and queues the
+  messages that come back;
+* a sender thread is the only writer to the socket, fed by a bounded :class:`~app.outbox.Outbox`, so a slow
+  client never blocks the router, and one that falls too far behind is disconnected.
 
-The handler owns every submission (replays included), so a session's chunks reach the broker in order.
+A lock serializes the session between the handler and router threads.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import queue
+import socket
 import threading
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from simple_websocket import ConnectionClosed
 
-from app.protocol import CLOSE_INTERNAL, CLOSE_POLICY, SessionConfig, parse_config, parse_control
-from app.session import StreamSession
-from tasks.errors import AdmissionRefused, BackendUnavailable, ProtocolError, ServiceError
+from app.actions import Action, Close, Move, Observe, Release, Send, Submit
+from app.outbox import CloseFrame, Outbox
+from app.protocol import CLOSE_INTERNAL
+from app.session import Session
+from config.logs import printable
+from tasks.errors import AdmissionRefused, BackendUnavailable, ServiceError
 from tasks.wire import ChunkResult
 
 if TYPE_CHECKING:
@@ -32,15 +38,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-TICK = 0.5  # seconds between housekeeping rounds (replays, timeouts, queue_status): each one wakes the session
-SUBSCRIBE_TIMEOUT = 10.0  # seconds to wait for the result router to subscribe a new session
-REPLAY = "replay"
-
-
-@dataclass(frozen=True)
-class _Close:
-    code: int
-    reason: str
+TICK = 0.5  # seconds between the session's periodic decisions (timeouts, worker loss, queue_status)
+YIELD_EVERY = 16  # messages handled between cooperative yields, so one busy session cannot starve the others
+READER_GRACE = 6.0  # seconds a closing session waits for its reader (app.reader drains for up to 5 s)
 
 
 class SessionHandler:
@@ -49,229 +49,180 @@ class SessionHandler:
     def __init__(self, ws, services: Services, client: str, session_id: str, worker: str) -> None:
         self.ws = ws
         self.services = services
-        self.settings = services.settings
         self.client = client
         self.id = session_id
-        self.worker = worker  # leased before the handshake (app.ws)
-        self.session: StreamSession | None = None
+        settings = services.settings
+        self.session = Session(
+            session_id, worker, channel=services.keys.result_channel(session_id), limits=services.limits,
+            now=time.time(), budget=services.replay_budget,
+            encoder_look_back=settings.encoder_chunk_look_back, decoder_look_back=settings.decoder_chunk_look_back,
+        )
+        self.outbox = Outbox(services.limits.max_outbox_bytes)
         self._lock = threading.Lock()
-        self._outbox: queue.Queue = queue.Queue()
-        self._actions: queue.Queue = queue.Queue()  # REPLAY or a fatal ServiceError, from the result thread
-        self._last_heard = time.monotonic()
-        self._status_sent_at = 0.0
-        self._status_pending: int | None = None
-        self._replay_wanted = False
-        self._end_reason = "ended"
-        self._next_housekeeping = 0.0
+        self._wake = threading.Event()
+        self._aborted = False
 
     # --- lifecycle ------------------------------------------------------------------------------------------------
     def run(self) -> None:
-        sender = threading.Thread(target=self._send_loop, name=f"asr-send-{self.id[:8]}", daemon=True)
+        sender = threading.Thread(target=self._send_loop, name=f"asr-send-{self.id[-8:]}", daemon=True)
         sender.start()
+        self.services.router.subscribe(self.id, self._on_result, self._on_reset)
         try:
-            self._serve()
+            self._pump()
         except ConnectionClosed:
-            logger.info("session %s: client closed", self.id)
-            self._end_reason = "client_closed"
-        except ProtocolError as exc:
-            self._fail(exc, exc.close_code or CLOSE_POLICY)
-        except ServiceError as exc:
-            self._fail(exc, CLOSE_INTERNAL)
+            with self._lock:
+                self.session.end("client_closed")
         except Exception:  # noqa: BLE001 - process boundary: log with context, tell the client, keep serving others
             logger.exception("session %s: unexpected error", self.id)
-            self._fail(ServiceError("internal error; the session was closed"), CLOSE_INTERNAL)
+            with self._lock:
+                self.session.end("internal_error")
+            self._perform(self._fail_actions(ServiceError("internal error; the session was closed")))
         finally:
             self._cleanup()
-            self._outbox.put(None)
+            self.outbox.close()
             sender.join(timeout=5)
+            self._await_reader()
 
-    def _serve(self) -> None:
-        config = self._receive_config()
-        self._open(config)
+    def _await_reader(self) -> None:
+        """Let the reader finish the close handshake before the server closes the socket: closing it with the
+        client's unread data in the buffer resets the connection, and the client would see 1006 instead of our
+        close code (a flooder always has unread data)."""
+        reader = getattr(self.ws, "thread", None)
+        if reader is not None and reader is not threading.current_thread():
+            reader.join(timeout=READER_GRACE)
+
+    def _pump(self) -> None:
+        next_tick = time.monotonic() + TICK
+        handled = 0
         while True:
-            message = self.ws.receive(timeout=TICK)
-            if message is not None:
-                self._last_heard = time.monotonic()
-                if isinstance(message, str):
-                    self._on_text(message)
-                else:
-                    self._on_audio(message)
-            now = time.monotonic()
-            if now >= self._next_housekeeping:  # at most every TICK, not on every frame
-                self._next_housekeeping = now + TICK
-                if self._housekeeping():
+            with self._lock:
+                if self.session.closed or self._aborted:
                     return
-
-    def _receive_config(self) -> SessionConfig:
-        message = self.ws.receive(timeout=self.settings.idle_timeout)
-        if message is None:
-            raise ProtocolError("no configuration message received", code="timeout")
-        if not isinstance(message, str):
-            raise ProtocolError("the first message must be the JSON configuration, not audio",
-                                code="audio_before_config")
-        return parse_config(
-            message,
-            encoder_look_back=self.settings.encoder_chunk_look_back,
-            decoder_look_back=self.settings.decoder_chunk_look_back,
-        )
-
-    def _open(self, config: SessionConfig) -> None:
-        services = self.services
-        worker = self.worker
-        self.session = StreamSession(
-            self.id, config,
-            channel=services.keys.result_channel(self.id),
-            max_frame_bytes=self.settings.max_frame_bytes,
-            replay_max_bytes=int(self.settings.replay_max_seconds * 32000),
-        )
-        self.session.worker = worker
-        if not services.router.subscribe(self.id, self._on_result, self._on_reset, timeout=SUBSCRIBE_TIMEOUT):
-            raise ServiceError(f"could not subscribe to the session's results within {SUBSCRIBE_TIMEOUT:.0f} s "
-                               "(Redis unreachable, or this gateway overloaded)", code="backend_unavailable")
-        logger.info("session %s (%s, %s) on worker %s", self.id, self.client, config.wav_name, worker)
+                wants_input = self.session.wants_input()
+            message = None
+            if wants_input:
+                message = self.ws.receive(timeout=TICK)
+            else:  # back-pressure: leave the socket unread until results come in
+                self._wake.wait(TICK)
+                self._wake.clear()
+                if not self.ws.connected:
+                    raise ConnectionClosed(None, None)
+            if message is not None:
+                with self._lock:
+                    configuring = self.session.config is None
+                    actions = self.session.on_message(message, time.time())
+                if configuring and self.session.config is not None:
+                    logger.info("session %s (%s, %s) on worker %s", self.id, self.client,
+                                printable(self.session.config.wav_name), self.session.worker)
+                self._perform(actions)
+                handled += 1
+                if handled % YIELD_EVERY == 0:
+                    time.sleep(0)
+            if time.monotonic() >= next_tick:  # at most every TICK, not on every frame
+                next_tick = time.monotonic() + TICK
+                with self._lock:
+                    actions = self.session.tick(time.time(), self.services.backend())
+                self._perform(actions)
 
     def _cleanup(self) -> None:
-        self.services.metrics.ended.labels(self._end_reason).inc()
-        self.services.router.unsubscribe(self.id)
-        self.services.sessions.remove(self.id)
-        self.services.dispatcher.release(self.id)
-        session = self.session
-        if session is not None and session.worker in self.services.monitor.snapshot.workers:
-            self.services.dispatcher.close_stream(session.stream, session.worker)
-
-    def _fail(self, error: ServiceError, close_code: int) -> None:
-        self._end_reason = error.code
-        logger.info("session %s ends with %s: %s", self.id, error.code, error.message)
-        self._outbox.put(dict(error.to_client(), is_end=True))
-        self._outbox.put(_Close(close_code, error.code))
-
-    # --- client → service -----------------------------------------------------------------------------------------
-    def _on_audio(self, frame: bytes) -> None:
-        assert self.session is not None
+        services, session = self.services, self.session
         with self._lock:
-            jobs = self.session.feed(frame)
-        self._submit(jobs)
+            session.end(session.end_reason or "ended")
+        services.metrics.ended.labels(session.end_reason).inc()
+        services.router.unsubscribe(self.id)
+        services.sessions.remove(self.id)
+        services.dispatcher.release(self.id)
+        if session.stream is not None and session.worker in services.monitor.snapshot.workers:
+            services.dispatcher.close_stream(session.stream.stream, session.worker)
+        logger.info("session %s ended: %s", self.id, session.end_reason)
 
-    def _on_text(self, text: str) -> None:
-        assert self.session is not None
-        try:
-            is_speaking, warning = parse_control(text)
-        except ProtocolError as exc:  # garbage mid-stream: tell the client, keep the session
-            self._outbox.put(exc.to_client())
-            return
-        if warning is not None:
-            self._outbox.put(warning.to_client())
-        if is_speaking is False:
-            with self._lock:
-                jobs = self.session.end_utterance()
-            self._submit(jobs)
+    @staticmethod
+    def _fail_actions(error: ServiceError) -> list[Action]:
+        return [Send(dict(error.to_client(), is_end=True)), Close(CLOSE_INTERNAL, error.code)]
 
-    def _submit(self, jobs: list) -> None:
-        """Send jobs to the session's worker. If the broker cannot take them they stay in the replay buffer
-        and the whole unfinished utterance is replayed once it is back; the chunk timeout bounds the wait."""
-        if jobs and not self._replay_wanted:  # when a replay is due, it will carry these jobs too
-            self.services.dispatcher.submit(jobs, self.session.worker, self._on_submit_failed)  # type: ignore
-            self.services.metrics.chunks.inc(len(jobs))
-
-    def _on_submit_failed(self) -> None:
-        """Called by the publisher's thread when our chunks could not be pushed to the broker."""
-        self._actions.put(REPLAY)
-
-    # --- service → client -----------------------------------------------------------------------------------------
-    def _on_result(self, result: ChunkResult) -> None:
-        """Called by the result router's thread."""
-        session = self.session
-        if session is None:
-            return
-        with self._lock:
-            delivery = session.accept(result)
-        for message in delivery.messages:
-            self._outbox.put(message)
-        for latency in delivery.latencies:
-            self.services.metrics.latency.observe(latency)
-        if delivery.replay:
-            self._actions.put(REPLAY)
-        if delivery.fatal is not None:
-            self._actions.put(delivery.fatal)
-
-    def _on_reset(self) -> None:
-        """The result channel was down for a while: results may be lost, so replay what is unfinished."""
-        if self.session is not None and self.session.outstanding:
-            self._actions.put(REPLAY)
-
-    def _send_loop(self) -> None:
-        while True:
-            item = self._outbox.get()
-            if item is None:
-                return
-            try:
-                if isinstance(item, _Close):
-                    self.ws.close(reason=item.code, message=item.reason)
+    # --- actions --------------------------------------------------------------------------------------------------
+    def _perform(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                text = json.dumps(action.message, ensure_ascii=False)
+                if not self.outbox.put(text, droppable=action.droppable):
+                    self._abort("slow_consumer")
                     return
-                self.ws.send(json.dumps(item, ensure_ascii=False))
-            except (ConnectionClosed, OSError):
-                return
+            elif isinstance(action, Submit):
+                self.services.dispatcher.submit(action.jobs, action.worker, self._on_submit_failed)
+                self.services.metrics.chunks.inc(len(action.jobs))
+            elif isinstance(action, Move):
+                self._move(action.current)
+            elif isinstance(action, Release):
+                if action.worker in self.services.monitor.snapshot.workers:
+                    self.services.dispatcher.close_stream(action.stream, action.worker)
+            elif isinstance(action, Close):
+                self.outbox.close(CloseFrame(action.code, action.reason))
+                self._log_close(action)
+                self._wake.set()
+            elif isinstance(action, Observe):
+                for latency in action.latencies:
+                    self.services.metrics.latency.observe(latency)
 
-    # --- periodic work --------------------------------------------------------------------------------------------
-    def _housekeeping(self) -> bool:
-        """Replays, timeouts and queue status; True when the session should end quietly."""
-        self._drain_actions()
-        session = self.session
-        assert session is not None
-        snapshot = self.services.monitor.snapshot
-        if snapshot.redis_ok and session.worker not in snapshot.workers:
-            logger.warning("session %s: worker %s is gone; replaying", self.id, session.worker)
-            self._replay_wanted = True
-        if self._replay_wanted:
-            self._replay()
-        age = session.oldest_outstanding_age()
-        if age > self.settings.chunk_timeout:
-            raise ServiceError(f"no result for {age:.0f} s; the session cannot go on", code="result_timeout")
-        if session.config.queue_status:
-            self._push_queue_status(snapshot.pending)
-        silent = time.monotonic() - self._last_heard
-        if silent > self.settings.idle_timeout and not session.outstanding:
-            self._outbox.put({"type": "closing", "code": "idle_timeout",
-                              "message": f"no data for {silent:.0f} s", "is_end": True})
-            self._outbox.put(_Close(1000, "idle timeout"))
-            self._end_reason = "idle_timeout"
-            return True
-        return False
-
-    def _drain_actions(self) -> None:
-        while True:
-            try:
-                action = self._actions.get_nowait()
-            except queue.Empty:
-                return
-            if isinstance(action, ServiceError):
-                raise action
-            self._replay_wanted = True
-
-    def _replay(self) -> None:
-        """Move the session to the least-loaded live worker and resubmit its unfinished audio there."""
-        session = self.session
-        assert session is not None
-        old_worker, old_stream = session.worker, session.stream
+    def _move(self, current: str) -> None:
+        """Lease a slot on the least-loaded live worker and replay there; if none now, the next tick retries."""
         try:  # an admitted session is never cut for load: a full worker still takes it
             worker = self.services.dispatcher.move(self.id)
         except (AdmissionRefused, BackendUnavailable):
-            return  # no worker or no Redis right now; try again next round (the chunk timeout bounds the wait)
+            return
         with self._lock:
-            jobs = session.replay()
-            session.worker = worker
-        self._replay_wanted = False  # the publisher asks again (REPLAY) if the broker is still down
-        if old_worker in self.services.monitor.snapshot.workers:
-            self.services.dispatcher.close_stream(old_stream, old_worker)  # type: ignore[arg-type]
-        logger.info("session %s: replaying %d chunk(s) on %s (was %s)", self.id, len(jobs), worker, old_worker)
+            actions = self.session.moved(worker)
+        submitted = sum(len(a.jobs) for a in actions if isinstance(a, Submit))
+        logger.info("session %s: replaying %d chunk(s) on %s (was %s)", self.id, submitted, worker, current)
         self.services.metrics.replays.inc()
-        self._submit(jobs)
+        self._perform(actions)
 
-    def _push_queue_status(self, pending: int) -> None:
-        now = time.monotonic()
-        last = self._status_pending
-        due = now - self._status_sent_at >= self.settings.queue_status_interval
-        jumped = last is not None and abs(pending - last) >= self.settings.queue_status_step
-        if due or jumped:
-            self._outbox.put({"type": "queue_status", "pending": pending})
-            self._status_sent_at, self._status_pending = now, pending
+    def _abort(self, reason: str) -> None:
+        """The client is too far behind to be told anything: drop the connection."""
+        with self._lock:
+            self.session.end(reason)
+            self._aborted = True
+        logger.info("session %s: client %s is %d bytes behind; disconnecting", self.id, self.client,
+                    self.outbox.bytes)
+        self.outbox.close()
+        self.ws.connected = False
+        try:
+            self.ws.sock.shutdown(socket.SHUT_RDWR)  # unblocks a sender stuck in send()
+        except OSError:
+            pass
+        self._wake.set()
+
+    def _log_close(self, action: Close) -> None:
+        config = self.session.config
+        name = printable(config.wav_name) if config else "-"
+        logger.info("session %s (%s, %s) closing: %s (%d)", self.id, self.client, name, action.reason, action.code)
+
+    # --- callbacks from other threads -----------------------------------------------------------------------------
+    def _on_result(self, result: ChunkResult) -> None:
+        """Called by the result router's thread."""
+        with self._lock:
+            actions = self.session.on_result(result, time.time())
+        self._perform(actions)
+        self._wake.set()
+
+    def _on_reset(self) -> None:
+        with self._lock:
+            self.session.on_results_reset()
+
+    def _on_submit_failed(self) -> None:
+        """Called by the publisher's thread when our chunks could not be pushed to the broker."""
+        with self._lock:
+            self.session.on_submit_failed()
+
+    def _send_loop(self) -> None:
+        while True:
+            item = self.outbox.get()
+            if item is None:
+                return
+            try:
+                if isinstance(item, CloseFrame):
+                    self.ws.close(reason=item.code, message=item.reason)
+                    return
+                self.ws.send(item)
+            except (ConnectionClosed, OSError):
+                return

@@ -1,18 +1,29 @@
-"""Which sessions each worker holds, shared by every gateway: the count admission and worker choice rely on.
+"""Slots that sessions hold, shared by every gateway: the counts admission, worker choice and per-client limits
+rely on.
 
 A worker reports its streams only after their first chunk arrived, and each gateway knows only its own
-sessions, so neither can enforce ``ASR_WORKER_MAX_STREAMS`` under a burst of new sessions. Instead a session
-*leases* a slot on a worker before its WebSocket handshake: one atomic Lua script on a sorted set per worker
-(``<prefix>leases:<worker>``, members = session ids, scores = expiry on Redis's clock) that drops expired
-leases, refuses when the worker is full and adds the lease otherwise. Sessions release their lease when they
-end or move; a gateway renews its sessions' leases in one pipeline every ``LEASE_SECONDS / 3``, so the leases of
-a gateway that died expire on their own.
+sessions, so neither can enforce ``ASR_WORKER_MAX_STREAMS`` or ``ASR_MAX_SESSIONS_PER_CLIENT`` under a burst of
+new sessions. Instead a session *leases* its slots before its WebSocket handshake: one atomic Lua script on a
+sorted set (members = session ids, scores = expiry on Redis's clock) that drops expired leases, refuses when the
+set is full and adds the lease otherwise. There is one set per worker (``<prefix>leases:<worker>``) and one per
+client address (``<prefix>clients:<address>``), so a limit holds across all gateway processes.
+
+Sessions release their leases when they end or move; a gateway renews its sessions' leases in one script call
+every ``LEASE_SECONDS / 6``, so the leases of a gateway that died expire on their own.
+
+Redis restarts. Leases live only in Redis: after a restart (or a failover) they are gone, and counting from
+an empty set would admit past every limit. Each gateway keeps a marker key with the same lifetime; a reservation
+by a gateway that holds leases but whose marker is missing is refused by the script (``-1``), the gateway then
+re-creates all its leases in one call and tries again, so its sessions count before any new one does.
+Renewals re-create missing leases too (plain ``ZADD``), which brings back the sessions of idle gateways within
+one renewal period.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections.abc import Iterable
 
 import redis
@@ -22,24 +33,32 @@ from tasks.wire import Keys
 logger = logging.getLogger(__name__)
 
 LEASE_SECONDS = 30  # a lease not renewed for this long is gone (its gateway died)
+MAX_CLIENT_KEY_CHARS = 128  # a client address longer than this is cut (IPv6 with a zone fits in 64)
 
 _RESERVE = """
-local now = redis.call('TIME')
-local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
+local t = redis.call('TIME')
+t = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local seconds = tonumber(ARGV[3])
+if tonumber(ARGV[4]) > 0 and redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+redis.call('SET', KEYS[2], '1', 'EX', math.ceil(seconds * 2))
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t)
 local limit = tonumber(ARGV[2])
-if limit > 0 and redis.call('ZCARD', KEYS[1]) >= limit then return 0 end
-redis.call('ZADD', KEYS[1], t + tonumber(ARGV[3]), ARGV[1])
-redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ARGV[3]) * 2))
+if limit > 0 and redis.call('ZSCORE', KEYS[1], ARGV[1]) == false and redis.call('ZCARD', KEYS[1]) >= limit then
+  return 0
+end
+redis.call('ZADD', KEYS[1], t + seconds, ARGV[1])
+redis.call('EXPIRE', KEYS[1], math.ceil(seconds * 2))
 return 1
 """
 
 _RENEW = """
-local now = redis.call('TIME')
-local until_ = tonumber(now[1]) + tonumber(now[2]) / 1e6 + tonumber(ARGV[1])
-for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, 'XX', until_, ARGV[i + 1])
-  redis.call('EXPIRE', key, math.ceil(tonumber(ARGV[1]) * 2))
+local t = redis.call('TIME')
+local seconds = tonumber(ARGV[1])
+local until_ = tonumber(t[1]) + tonumber(t[2]) / 1e6 + seconds
+redis.call('SET', KEYS[1], '1', 'EX', math.ceil(seconds * 2))
+for i = 2, #KEYS do
+  redis.call('ZADD', KEYS[i], until_, ARGV[i])
+  redis.call('EXPIRE', KEYS[i], math.ceil(seconds * 2))
 end
 return 1
 """
@@ -57,17 +76,18 @@ return counts
 
 
 class Leases:
-    """Session leases on workers. Thread-safe; the renewal runs in its own thread."""
+    """Session leases on workers and per client address. Thread-safe; the renewal runs in its own thread."""
 
     def __init__(self, client: redis.Redis, keys: Keys, lease_seconds: float = LEASE_SECONDS) -> None:
         self.client = client
         self.keys = keys
         self.lease_seconds = lease_seconds
+        self.marker = f"{keys.prefix}gateway:{uuid.uuid4().hex}"
         self._reserve = client.register_script(_RESERVE)
         self._renew = client.register_script(_RENEW)
         self._count = client.register_script(_COUNT)
-        self._held: dict[str, str] = {}  # session id → worker id, for renewal
-        self._lock = threading.Lock()
+        self._held: dict[str, set[str]] = {}  # session id → the lease sets it is in, for renewal
+        self._lock = threading.RLock()
         self._stop = threading.Event()
 
     def start(self) -> Leases:
@@ -77,22 +97,56 @@ class Leases:
     def stop(self) -> None:
         self._stop.set()
 
+    def client_key(self, address: str) -> str:
+        return f"{self.keys.prefix}clients:{address[:MAX_CLIENT_KEY_CHARS]}"
+
     def reserve(self, worker_id: str, session_id: str, limit: int) -> bool:
         """Take a slot on the worker for the session; False when the worker already holds ``limit`` (> 0)."""
-        granted = self._reserve(keys=[self.keys.leases(worker_id)], args=[session_id, limit, self.lease_seconds])
-        if granted:
-            with self._lock:
-                self._held[session_id] = worker_id
-        return bool(granted)
+        return self._take(self.keys.leases(worker_id), session_id, limit)
+
+    def reserve_client(self, address: str, session_id: str, limit: int) -> bool:
+        """Count the session against its client address; False when that address holds ``limit`` (> 0)."""
+        return self._take(self.client_key(address), session_id, limit)
+
+    def _take(self, key: str, session_id: str, limit: int) -> bool:
+        with self._lock:
+            granted = self._reserve(keys=[key, self.marker],
+                                    args=[session_id, limit, self.lease_seconds, len(self._held)])
+            if granted == -1:  # Redis lost our leases (restart, failover): put them back, then decide
+                logger.warning("Redis lost this gateway's %d lease(s); re-creating them", len(self._held))
+                self._renew_held()
+                granted = self._reserve(keys=[key, self.marker],
+                                        args=[session_id, limit, self.lease_seconds, 0])
+            if granted == 1:
+                self._held.setdefault(session_id, set()).add(key)
+        return granted == 1
 
     def release(self, session_id: str) -> None:
+        """Give back every slot the session holds (worker and client); Redis errors are logged, leases expire."""
         with self._lock:
-            worker_id = self._held.pop(session_id, None)
-        if worker_id is not None:
+            held = self._held.pop(session_id, set())
+        if not held:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for key in held:
+                pipe.zrem(key, session_id)
+            pipe.execute()
+        except redis.RedisError as exc:
+            logger.info("could not release the leases of %s: %s", session_id, exc)
+
+    def release_worker(self, session_id: str) -> None:
+        """Give back the session's worker slot only (it is moving to another worker; its client slot stays)."""
+        prefix = self.keys.leases("")
+        with self._lock:
+            held = self._held.get(session_id, set())
+            keys = [k for k in held if k.startswith(prefix)]
+            held.difference_update(keys)
+        for key in keys:
             try:
-                self.client.zrem(self.keys.leases(worker_id), session_id)
-            except redis.RedisError as exc:  # the lease expires by itself
-                logger.info("could not release lease of %s: %s", session_id, exc)
+                self.client.zrem(key, session_id)
+            except redis.RedisError as exc:
+                logger.info("could not release the lease of %s: %s", session_id, exc)
 
     def counts(self, workers: Iterable[str]) -> dict[str, int]:
         """Live leases per worker (one round trip)."""
@@ -101,14 +155,22 @@ class Leases:
             return {}
         return dict(zip(ids, self._count(keys=[self.keys.leases(w) for w in ids]), strict=True))
 
+    def _renew_held(self) -> None:
+        """Renew (re-creating where missing) every lease this gateway holds. Caller holds the lock, so a release
+        cannot slip between the snapshot and the write and leave a lease behind."""
+        pairs = [(key, session) for session, held in self._held.items() for key in held]
+        self._renew(keys=[self.marker, *(k for k, _ in pairs)], args=[self.lease_seconds, *(s for _, s in pairs)])
+
     def _run(self) -> None:
-        while not self._stop.wait(self.lease_seconds / 3):
-            with self._lock:
-                held = list(self._held.items())
-            if not held:
-                continue
-            try:  # KEYS[i] is the lease set of the session in ARGV[i + 1]
-                self._renew(keys=[self.keys.leases(w) for _, w in held],
-                            args=[self.lease_seconds, *(s for s, _ in held)])
+        failing = False
+        while not self._stop.wait(1.0 if failing else self.lease_seconds / 6):
+            try:
+                with self._lock:
+                    self._renew_held()
+                if failing:
+                    logger.info("session leases renewed again")
+                failing = False
             except redis.RedisError as exc:
-                logger.warning("could not renew %d session lease(s): %s", len(held), exc)
+                if not failing:
+                    logger.warning("could not renew session leases: %s", exc)
+                failing = True

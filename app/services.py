@@ -11,10 +11,12 @@ from celery import Celery
 
 from app.dispatch import Dispatcher
 from app.leases import Leases
+from app.limits import Limits, ReplayBudget
 from app.metrics import GatewayMetrics
-from app.monitor import Monitor
+from app.monitor import Monitor, Snapshot
 from app.publisher import TaskPublisher
 from app.results import ResultRouter
+from app.session import Backend
 from config.settings import Settings
 from tasks.celery_app import create_celery_app
 from tasks.wire import Keys
@@ -57,6 +59,18 @@ class Services:
     dispatcher: Dispatcher
     sessions: SessionTable
     metrics: GatewayMetrics
+    limits: Limits
+    replay_budget: ReplayBudget
+    _backend: tuple[Snapshot | None, Backend] = (None, Backend())
+
+    def backend(self) -> Backend:
+        """The session core's view of the latest monitor snapshot (built once per snapshot, shared)."""
+        snapshot = self.monitor.snapshot
+        cached_for, view = self._backend
+        if cached_for is not snapshot:
+            view = Backend(snapshot.redis_ok, frozenset(snapshot.workers), snapshot.pending)
+            self._backend = (snapshot, view)
+        return view
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -72,7 +86,9 @@ class Services:
         dispatcher = Dispatcher(publisher, leases, settings, monitor)
         sessions = SessionTable()
         metrics = GatewayMetrics(lambda: monitor.snapshot, sessions.count)
-        return cls(settings, client, celery, keys, monitor, router, dispatcher, sessions, metrics)
+        budget = ReplayBudget(int(settings.replay_budget_mb * (1 << 20)))
+        return cls(settings, client, celery, keys, monitor, router, dispatcher, sessions, metrics,
+                   Limits.from_settings(settings), budget)
 
     def stop(self) -> None:
         self.monitor.stop()

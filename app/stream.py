@@ -1,14 +1,18 @@
-"""One client session's streaming state, free of I/O: chunking, numbering, replay buffer and result ordering.
+"""One session's audio and results, free of I/O: chunking, numbering, replay buffer and result ordering.
 
-The WebSocket handler feeds it frames and control messages and gets back :class:`~tasks.wire.ChunkJob` s to
-submit; the result listener feeds it :class:`~tasks.wire.ChunkResult` s and gets back client messages in audio
-order. Not thread-safe: callers serialize access (app.handler holds a lock).
+:class:`app.session.Session` feeds it frames and control messages and gets back :class:`~tasks.wire.ChunkJob` s
+to submit; results go in and client messages come out in audio order. Not thread-safe: callers serialize access.
 
-Replay. Every job since the first chunk of the oldest unfinished utterance is kept (up to ``replay_max_bytes``).
-When the session's worker is lost, :meth:`replay` re-issues them under a new stream generation, so another
-worker rebuilds the model state from the utterance start and produces the same text; results the client already
-has are dropped by sequence number. Past the cap the oldest audio is let go and a replay restarts from the
-oldest kept chunk (the text of that utterance may then differ from an uninterrupted run).
+Replay. Every job not yet answered is kept, and so is the answered audio of the current utterance (its
+*history*), up to ``replay_max_bytes`` per session and while the process-wide :class:`~app.limits.ReplayBudget`
+lasts. When the session's worker is lost, :meth:`replay` re-issues the kept jobs under a new stream generation,
+so another worker rebuilds the model state from the utterance start and produces the same text; results the
+client already has are dropped by sequence number. Unanswered audio is never let go (the session core stops
+reading the client while too much of it is outstanding), so a replay always answers every chunk; with history
+cut short a replay restarts the utterance from the oldest kept chunk and its text may differ from an
+uninterrupted run (:attr:`replay_exact` says so).
+
+Options travel once per stream generation (see :class:`~tasks.wire.ChunkJob`): on its first job.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 
 from app.chunker import Chunker
+from app.limits import ReplayBudget
 from app.protocol import SessionConfig
 from tasks import wire
 from tasks.errors import ServiceError, StreamStateLost
@@ -45,6 +50,7 @@ class StreamSession:
         channel: str,
         max_frame_bytes: int,
         replay_max_bytes: int,
+        budget: ReplayBudget | None = None,
         clock=time.time,
     ) -> None:
         self.id = session_id
@@ -53,15 +59,18 @@ class StreamSession:
         self.generation = 0
         self.worker: str | None = None
         self.replay_max_bytes = replay_max_bytes
+        self.budget = budget
         self.replay_exact = True
         self.replays = 0
         self.clock = clock
         self._chunker = Chunker(config.chunk_bytes, max_frame_bytes)
         self._options = config.stream_options().to_wire()
+        self._options_sent = False  # this generation's first job carried them
         self._seq = 0  # next sequence number to assign
         self._in_utterance = False  # a first chunk was issued and no final yet
         self._kept: deque[ChunkJob] = deque()  # replay buffer: consecutive seqs, oldest first
-        self._kept_bytes = 0
+        self._history_bytes = 0  # audio of kept jobs already answered (charged to the budget)
+        self._outstanding_bytes = 0  # audio of issued jobs not yet answered
         self._next_deliver = 0
         self._results: dict[int, ChunkResult] = {}
 
@@ -88,20 +97,15 @@ class StreamSession:
         first = not self._in_utterance
         job = ChunkJob(
             stream=self.stream, seq=self._seq, audio=audio, is_final=final, first=first,
-            options=self._options if first else None, channel=self.channel, submitted_at=self.clock(),
+            options=None if self._options_sent else self._options, channel=self.channel,
+            submitted_at=self.clock(),
         )
+        self._options_sent = True
         self._seq += 1
         self._in_utterance = not final
-        self._keep(job)
-        return job
-
-    def _keep(self, job: ChunkJob) -> None:
         self._kept.append(job)
-        self._kept_bytes += len(job.audio)
-        while self._kept_bytes > self.replay_max_bytes and len(self._kept) > 1:
-            dropped = self._kept.popleft()
-            self._kept_bytes -= len(dropped.audio)
-            self.replay_exact = False
+        self._outstanding_bytes += len(audio)
+        return job
 
     # --- results out ----------------------------------------------------------------------------------------------
     @property
@@ -109,8 +113,18 @@ class StreamSession:
         """Chunks issued whose results the client has not been sent yet."""
         return self._seq - self._next_deliver
 
+    @property
+    def outstanding_bytes(self) -> int:
+        """Audio bytes issued and not yet answered (the session core stops reading past its bound)."""
+        return self._outstanding_bytes
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Audio held in memory for this session: the partial chunk plus every kept job."""
+        return self._chunker.buffered + self._history_bytes + self._outstanding_bytes
+
     def oldest_outstanding_age(self) -> float:
-        """Seconds since the oldest undelivered chunk was issued (0 when none)."""
+        """Seconds since the oldest unanswered chunk was issued (0 when none). It is always kept."""
         job = self._kept_job(self._next_deliver)
         return self.clock() - job.submitted_at if job else 0.0
 
@@ -136,13 +150,28 @@ class StreamSession:
             job = self._kept_job(ready.seq)
             if job is not None:
                 delivery.latencies.append(self.clock() - job.submitted_at)
+                self._answered(job)
             self._next_deliver += 1
             message = self._message(ready)
             if message is not None:
                 delivery.messages.append(message)
             if ready.is_final:
                 self._release_through(ready.seq)
+                self.replay_exact = not self._kept or self._kept[0].first
         return delivery
+
+    def _answered(self, job: ChunkJob) -> None:
+        """A kept job got its result: its audio moves from outstanding to history, if history may hold it."""
+        size = len(job.audio)
+        self._outstanding_bytes -= size
+        while self._history_bytes + size > self.replay_max_bytes and self._kept[0].seq < job.seq:
+            self._release_through(self._kept[0].seq)  # the per-session cap: the oldest answered audio goes
+            self.replay_exact = False
+        if self._history_bytes + size <= self.replay_max_bytes and (self.budget is None or self.budget.charge(size)):
+            self._history_bytes += size
+        else:  # no room in the process budget (or a chunk over the cap): keep no history
+            self._release_through(job.seq, charged=False)
+            self.replay_exact = False
 
     def _message(self, result: ChunkResult) -> dict | None:
         if not result.text and not result.is_final:
@@ -164,23 +193,41 @@ class StreamSession:
                   "batch": result.timing.get("batch"), "total": round(total, 4) if total is not None else None}
         return timing
 
-    def _release_through(self, seq: int) -> None:
-        """An utterance is fully delivered: its audio is no longer needed for a replay."""
+    def _release_through(self, seq: int, *, charged: bool = True) -> None:
+        """Let kept jobs up to ``seq`` (all answered) go: after a final, or when history is full. ``charged``
+        False: the job at ``seq`` itself was never charged to history (it did not fit)."""
+        freed = 0
         while self._kept and self._kept[0].seq <= seq:
-            self._kept_bytes -= len(self._kept.popleft().audio)
-        if not self._kept:
-            self.replay_exact = True
+            job = self._kept.popleft()
+            if job.seq < seq or charged:
+                freed += len(job.audio)
+        self._history_bytes -= freed
+        if self.budget is not None and freed:
+            self.budget.refund(freed)
+
+    def close(self) -> None:
+        """The session ended: give its history back to the process budget."""
+        if self.budget is not None and self._history_bytes:
+            self.budget.refund(self._history_bytes)
+        self._history_bytes = 0
+        self._kept.clear()
 
     # --- worker loss ----------------------------------------------------------------------------------------------
     def replay(self) -> list[ChunkJob]:
-        """Start a new generation and return every kept job re-addressed to it, the first one marked first."""
+        """Start a new generation and return every kept job re-addressed to it, the first one marked first and
+        carrying the options."""
         self.generation += 1
         self.replays += 1
         self._results.clear()
+        if not self._kept:
+            self._in_utterance = False  # nothing to rebuild from: the next chunk starts afresh
+            self._options_sent = False
+            return []
         jobs = []
         for i, job in enumerate(self._kept):
             first = job.first or i == 0
-            jobs.append(replace(job, stream=self.stream, first=first, options=self._options if first else None,
+            jobs.append(replace(job, stream=self.stream, first=first, options=self._options if i == 0 else None,
                                 replay=True, submitted_at=self.clock()))
+        self._options_sent = True
         self._kept = deque(jobs)
         return jobs

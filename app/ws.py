@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import uuid
+import socket
 
+import redis
 from flask import Blueprint, Flask, current_app, g, jsonify, request
 from flask_sock import Sock
 
 from app.admission import Refusal, refusal_for
 from app.handler import SessionHandler
+from app.reader import reader_class
 from app.services import Services
 from tasks.errors import AdmissionRefused, BackendUnavailable
 
@@ -16,6 +18,7 @@ bp = Blueprint("ws", __name__)
 sock = Sock()
 
 WS_PATH = "/ws"
+SEND_BUFFER_BYTES = 64 << 10  # SO_SNDBUF per WebSocket (Linux doubles it): results are small, 64 KiB is plenty
 
 
 def services() -> Services:
@@ -33,12 +36,11 @@ def _admission():
         return None
     svc = services()
     refusal = refusal_for(svc, request, room=True)
+    if refusal is None and not svc.router.connected:
+        refusal = Refusal(503, "backend_unavailable", "this gateway is not subscribed to results yet",
+                          svc.settings.retry_after)
     if refusal is None:
-        session_id = uuid.uuid4().hex
-        try:
-            g.asr_lease = (session_id, svc.dispatcher.reserve(session_id))
-        except (AdmissionRefused, BackendUnavailable) as exc:
-            refusal = Refusal(503, exc.code, exc.message, svc.settings.retry_after)
+        refusal = _lease(svc, request.remote_addr or "")
     if refusal is not None:
         svc.metrics.refused.labels(refusal.code).inc()
         response = jsonify(refusal.body())
@@ -49,6 +51,25 @@ def _admission():
     # Audio is incompressible noise to zlib: per-message deflate would only burn gateway CPU on every frame.
     request.environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
     return None
+
+
+def _lease(svc: Services, client: str) -> Refusal | None:
+    """Take the session's slots, all or none: its client address's (ASR_MAX_SESSIONS_PER_CLIENT, counted across
+    gateway processes) and one on a worker. Both are leases in Redis, taken before the handshake, so a burst
+    cannot overshoot either limit."""
+    session_id = svc.router.new_session_id()
+    limit = svc.settings.max_sessions_per_client
+    try:
+        if limit and not svc.dispatcher.leases.reserve_client(client, session_id, limit):
+            return Refusal(429, "too_many_sessions", f"this client already has {limit} open sessions")
+        g.asr_lease = (session_id, svc.dispatcher.reserve(session_id))
+        return None
+    except (AdmissionRefused, BackendUnavailable) as exc:
+        svc.dispatcher.release(session_id)
+        return Refusal(503, exc.code, exc.message, svc.settings.retry_after)
+    except redis.RedisError as exc:
+        svc.dispatcher.release(session_id)
+        return Refusal(503, "backend_unavailable", f"cannot reach Redis: {exc}", svc.settings.retry_after)
 
 
 @bp.teardown_app_request
@@ -63,6 +84,10 @@ def _release_lease(_exc) -> None:
 def transcribe(ws) -> None:
     svc = services()
     session_id, worker = g.asr_lease
+    try:  # a fixed kernel send buffer: what a client that stops reading can park in the kernel stays bounded
+        ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+    except (OSError, AttributeError):
+        pass
     handler = SessionHandler(ws, svc, request.remote_addr or "", session_id, worker)
     svc.sessions.add(session_id, handler.client)
     svc.metrics.sessions.inc()
@@ -70,16 +95,16 @@ def transcribe(ws) -> None:
 
 
 def init_app(app: Flask) -> None:
-    settings = app.extensions["asr"].settings
+    services: Services = app.extensions["asr"]
     app.config["SOCK_SERVER_OPTIONS"] = {
         "subprotocols": ["binary"],  # FunASR's clients ask for it and some refuse a server that does not echo it
-        # Frames a little over our limit still reach the handler, which answers with a JSON error; far larger
-        # ones are cut by the library with close code 1009.
-        "max_message_size": settings.max_frame_bytes * 4,
+        # Our reader (app.reader) replaces the library's: per-type size limits, a message rate limit, bounded
+        # read-ahead, cooperative yields. The library's own size check is off: ours answers with a JSON error.
+        "thread_class": reader_class(services.limits),
+        "max_message_size": None,
         "receive_bytes": 65536,
-        # No server pings: with them simple-websocket runs a selector round before every frame it reads, and
-        # a streaming client is never idle anyway; one that vanishes without a TCP reset is closed after
-        # ASR_IDLE_TIMEOUT.
+        # No server pings: a streaming client is never idle anyway; one that vanishes without a TCP reset is
+        # closed after ASR_IDLE_TIMEOUT.
         "ping_interval": None,
     }
     app.register_blueprint(bp)

@@ -51,3 +51,41 @@ def test_leases_of_a_dead_gateway_expire_and_live_ones_are_renewed(redis_url):
         assert live.counts(["w1"]) == {"w1": 1}
     finally:
         live.stop()
+
+
+def test_a_client_address_holds_at_most_its_limit_across_gateways(redis_url):
+    one, two = make(redis_url, "lease-d:"), make(redis_url, "lease-d:")
+    granted = [one.reserve_client("10.0.0.1", f"a{i}", 2) for i in range(2)] + [two.reserve_client("10.0.0.1", "b", 2)]
+    assert granted == [True, True, False]
+    assert two.reserve_client("10.0.0.2", "c", 2), "another address has its own count"
+    one.release("a0")
+    assert two.reserve_client("10.0.0.1", "b", 2)
+
+
+def test_moving_to_another_worker_keeps_the_client_slot(redis_url):
+    leases = make(redis_url, "lease-e:")
+    assert leases.reserve_client("10.0.0.1", "s", 1) and leases.reserve("w1", "s", 0)
+    leases.release_worker("s")
+    assert leases.counts(["w1"]) == {"w1": 0}
+    assert not leases.reserve_client("10.0.0.1", "other", 1), "the session still counts for its client"
+
+
+def test_leases_lost_in_a_redis_restart_are_recreated_before_anyone_is_admitted(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    gateway = make(redis_url, "lease-f:")
+    assert [gateway.reserve("w1", f"s{i}", 3) for i in range(3)] == [True, True, True]
+    for key in client.scan_iter("lease-f:*"):  # what a restart without persistence leaves: nothing
+        client.delete(key)
+    assert not gateway.reserve("w1", "newcomer", 3), "the three sessions still hold the worker's three slots"
+    assert gateway.counts(["w1"]) == {"w1": 3}
+
+
+def test_renewal_recreates_leases_of_an_idle_gateway(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    idle = make(redis_url, "lease-g:", seconds=1.2).start()
+    try:
+        assert idle.reserve("w1", "s1", 0)
+        client.delete("lease-g:leases:w1")
+        wait_until(lambda: idle.counts(["w1"]) == {"w1": 1}, 3, what="the renewal to re-create the lease")
+    finally:
+        idle.stop()

@@ -1,5 +1,5 @@
 from app.protocol import SessionConfig
-from app.session import StreamSession
+from app.stream import StreamSession
 from tasks.wire import ChunkResult
 
 CHUNK = 9600 * 2
@@ -14,14 +14,15 @@ def result(s: StreamSession, seq: int, text: str = "", final: bool = False, **kw
     return ChunkResult(s.stream, seq, text, is_final=final, **kw)
 
 
-def test_jobs_are_numbered_and_the_first_of_each_utterance_carries_options():
+def test_jobs_are_numbered_and_only_the_streams_first_job_carries_options():
     s = session()
     jobs = s.feed(b"\x00" * (2 * CHUNK + 10)) + s.end_utterance() + s.feed(b"\x00" * CHUNK) + s.end_utterance()
     assert [j.seq for j in jobs] == [0, 1, 2, 3, 4]
     assert [j.first for j in jobs] == [True, False, False, True, False]
     assert [j.is_final for j in jobs] == [False, False, True, False, True]
     assert [len(j.audio) for j in jobs] == [CHUNK, CHUNK, 10, CHUNK, 0]
-    assert jobs[0].options["chunk_size"] == [5, 10, 5] and jobs[1].options is None
+    assert jobs[0].options["chunk_size"] == [5, 10, 5]
+    assert [j.options for j in jobs[1:]] == [None] * 4, "options travel once per stream, not per utterance"
     assert {j.stream for j in jobs} == {"s1/0"} and {j.channel for j in jobs} == {"ch"}
 
 
@@ -79,12 +80,46 @@ def test_a_stream_state_loss_asks_for_a_replay_and_other_errors_end_the_session(
     assert fatal.code == "recognition_failed" and "boom" in fatal.message
 
 
-def test_audio_beyond_the_replay_cap_is_let_go_and_replay_starts_at_the_oldest_kept_chunk():
+def test_unanswered_audio_is_never_let_go_whatever_the_replay_cap():
+    s = session(replay_max_bytes=2 * CHUNK)
+    s.feed(b"\x00" * 4 * CHUNK)  # faster than real time: four chunks in flight, twice the cap
+    assert s.outstanding_bytes == 4 * CHUNK and s.replay_exact
+    jobs = s.replay()
+    assert [j.seq for j in jobs] == [0, 1, 2, 3] and jobs[0].first and jobs[0].options is not None
+    for seq in range(4):
+        s.accept(result(s, seq, f"t{seq}"))
+    assert s.outstanding == 0, "every chunk was answered after the replay: nothing hangs"
+
+
+def test_answered_audio_beyond_the_cap_is_let_go_and_replay_starts_at_the_oldest_kept_chunk():
     s = session(replay_max_bytes=2 * CHUNK)
     s.feed(b"\x00" * 4 * CHUNK)
-    assert not s.replay_exact
+    for seq in range(3):
+        s.accept(result(s, seq, "x"))
+    assert not s.replay_exact and s.buffered_bytes == 3 * CHUNK  # two answered (the cap) + one unanswered
     jobs = s.replay()
-    assert [j.seq for j in jobs] == [2, 3] and jobs[0].first and jobs[0].options is not None
+    assert [j.seq for j in jobs] == [1, 2, 3] and jobs[0].first and jobs[0].options is not None
+
+
+def test_the_process_budget_bounds_history_and_is_refunded():
+    from app.limits import ReplayBudget
+
+    budget = ReplayBudget(3 * CHUNK)
+    a = StreamSession("a", SessionConfig(), channel="c", max_frame_bytes=1 << 20, replay_max_bytes=10 * CHUNK,
+                      budget=budget)
+    b = StreamSession("b", SessionConfig(), channel="c", max_frame_bytes=1 << 20, replay_max_bytes=10 * CHUNK,
+                      budget=budget)
+    a.feed(b"\x00" * 3 * CHUNK)
+    for seq in range(3):
+        a.accept(ChunkResult(a.stream, seq, "x"))
+    assert budget.used == 3 * CHUNK
+    b.feed(b"\x00" * 2 * CHUNK)
+    for seq in range(2):
+        b.accept(ChunkResult(b.stream, seq, "y"))
+    assert budget.used == 3 * CHUNK and not b.replay_exact, "no room left: b keeps no history"
+    assert b.outstanding == 0 and b.buffered_bytes == 0
+    a.close()
+    assert budget.used == 0
 
 
 def test_timing_breakdown_is_added_when_the_client_asks():

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 
 from bench.client import StreamClient
-from tests import audio
+from tests import audio, reference
 
 FIELDS = ["mode", "chunk_size", "chunk_interval", "wav_name", "wav_format", "audio_fs", "is_speaking", "hotwords",
           "itn", "encoder_chunk_look_back", "decoder_chunk_look_back", "queue_status", "timing", "is_end", "bogus"]
@@ -29,7 +29,14 @@ text_messages = st.one_of(
     st.just('{"is_speaking": false}'),
 )
 binary_messages = st.binary(max_size=5000) | st.integers(0, 4000).map(lambda n: b"\x01\x00" * n)
-sessions = st.lists(text_messages | binary_messages, min_size=1, max_size=12)
+# Large and long messages: around the text and frame limits, and deeply nested JSON.
+large_messages = st.one_of(
+    st.integers((64 << 10) - 64, (64 << 10) + 64).map(lambda n: '{"is_speaking": true, "x": "' + "y" * n + '"}'),
+    st.integers((1 << 20) - 4, (1 << 20) + 4).map(lambda n: b"\x00" * (n // 2 * 2)),
+    st.integers(100, 5000).map(lambda depth: "[" * depth + "]" * depth),
+    st.integers(1, 40).map(lambda n: json.dumps({f"f{i}\n": i for i in range(n * 50)})),
+)
+sessions = st.lists(text_messages | binary_messages | large_messages, min_size=1, max_size=12)
 
 
 async def play(url: str, messages: list) -> list[dict]:
@@ -45,8 +52,10 @@ async def play(url: str, messages: list) -> list[dict]:
     return replies
 
 
-def test_fuzzed_sessions_get_only_well_formed_replies_and_the_gateway_stays_up(stack):
+def test_fuzzed_sessions_get_only_well_formed_replies_and_the_gateway_stays_up(stack, tiny_model):
     seen = {"messages": 0}
+    pcm = audio.noise(20.0, seed=91)
+    expected = [t for t in reference.chunk_texts(str(tiny_model), pcm) if t]
 
     @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(sessions)
@@ -57,9 +66,16 @@ def test_fuzzed_sessions_get_only_well_formed_replies_and_the_gateway_stays_up(s
             if reply.get("type") == "error":
                 assert reply["code"] and reply["message"]
 
-    one()
+    async def fuzz_beside_a_healthy_session():
+        healthy = asyncio.create_task(StreamClient(stack.url, config={"wav_name": "beside"}, pace=1.0,
+                                                   timeout=240).run(pcm))
+        await asyncio.to_thread(one)
+        return await healthy
+
+    record = asyncio.run(fuzz_beside_a_healthy_session())
 
     assert seen["messages"] > 1000
+    assert record.error is None and not record.errors and record.texts == expected, "the healthy session kept up"
     status, health = stack.get(stack.http + "/healthz")
     assert status == 200, health
     after = asyncio.run(StreamClient(stack.url, pace=0).run(audio.noise(1.0, seed=90)))
