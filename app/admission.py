@@ -7,6 +7,7 @@ an accepted session that would later time out.
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,13 +31,32 @@ class Refusal:
         return {"type": "error", "code": self.code, "message": self.message}
 
 
+UNAUTHORIZED = Refusal(401, "unauthorized", "a valid API token is required")
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The credentials of an ``Authorization: Bearer …`` header, or None for a missing header or another scheme.
+
+    The scheme is case-insensitive and may be padded with whitespace (RFC 7235 section 2.1), so ``bearer x``
+    and `` Bearer   x `` both carry ``x``.
+    """
+    parts = (header or "").split(None, 1)
+    if len(parts) != 2 or parts[0].lower() != "bearer":
+        return None
+    return parts[1].strip()
+
+
 def token_ok(settings: Settings, header: str | None, query_token: str | None) -> bool:
-    """True when no token is configured, or the request carries it (Bearer header or ?token=)."""
+    """True when no token is configured, or the request carries it (Bearer header or ?token=).
+
+    Compared with :func:`hmac.compare_digest` on UTF-8 bytes: the time taken does not depend on how much of a
+    guess matches (the str form would also refuse non-ASCII input with TypeError).
+    """
     if not settings.api_token:
         return True
-    if header and header.startswith("Bearer ") and header[7:] == settings.api_token:
-        return True
-    return query_token == settings.api_token
+    expected = settings.api_token.encode()
+    offered = [t for t in (bearer_token(header), query_token) if t is not None]
+    return any(hmac.compare_digest(t.encode(), expected) for t in offered)
 
 
 def origin_ok(settings: Settings, origin: str | None) -> bool:
@@ -65,7 +85,7 @@ def admit(settings: Settings, snapshot: Snapshot, *, room: bool, client_sessions
           auth_header: str | None, query_token: str | None, origin: str | None) -> Refusal | None:
     """The first reason to refuse a new session, or None to admit it."""
     if not token_ok(settings, auth_header, query_token):
-        return Refusal(401, "unauthorized", "a valid API token is required")
+        return UNAUTHORIZED
     if not origin_ok(settings, origin):
         return Refusal(403, "origin_not_allowed", f"origin {origin!r} is not allowed")
     limit = settings.max_sessions_per_client

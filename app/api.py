@@ -1,4 +1,8 @@
-"""HTTP endpoints: ``/healthz`` for probes and ``/api/queue`` for operators and dashboards."""
+"""HTTP endpoints: probes (``/healthz``, ``/readyz``, ``/livez``), ``/metrics`` and ``/api/…`` for operators.
+
+With ``ASR_API_TOKEN`` set, everything that tells how loaded the back end is (queue depths, workers, models,
+metrics) needs the token; the probes stay open but ``/healthz`` then tells an anonymous caller only its status.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import os
 from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.admission import capacity_refusal, refusal_for, token_ok
+from app.admission import UNAUTHORIZED, capacity_refusal, refusal_for, token_ok
 from app.services import Services
 
 bp = Blueprint("api", __name__)
@@ -21,25 +25,39 @@ def services() -> Services:
     return current_app.extensions["asr"]
 
 
+def authorized(svc: Services) -> bool:
+    """Whether this request carries the API token (always true when none is configured)."""
+    return token_ok(svc.settings, request.headers.get("Authorization"), request.args.get("token"))
+
+
+def unauthorized(body: dict | None = None) -> tuple[Response, int, dict]:
+    """401 with ``body`` (default: the error alone) and the challenge RFC 7235 requires with every 401."""
+    return jsonify(body or UNAUTHORIZED.body()), UNAUTHORIZED.status, {"WWW-Authenticate": 'Bearer realm="asr"'}
+
+
 @bp.get("/healthz")
 def healthz():
-    """200 when Redis answers and at least one worker is alive, else 503; the body says which part failed."""
+    """200 when Redis answers and at least one worker is alive, else 503; the body says which part failed.
+
+    Without the API token (when one is set) the body is only ``{"status": …}``: probes and uptime checks keep
+    working, while workers, models and Redis errors are for those who hold the token.
+    """
     svc = services()
     snapshot = svc.monitor.snapshot
-    warnings = []
-    if any(w.get("model_is_default") for w in snapshot.workers.values()):
-        warnings.append(DEFAULT_MODEL_WARNING)
-    models = sorted({str(w.get("model")) for w in snapshot.workers.values()})
     healthy = snapshot.redis_ok and bool(snapshot.workers)
-    body = {
-        "status": "ok" if healthy else "unavailable",
+    code = 200 if healthy else 503
+    body: dict = {"status": "ok" if healthy else "unavailable"}
+    if not authorized(svc):
+        return jsonify(body), code
+    default_model = any(w.get("model_is_default") for w in snapshot.workers.values())
+    body.update({
         "redis": {"ok": snapshot.redis_ok, "error": snapshot.redis_error},
         "workers": len(snapshot.workers),
-        "models": models,
-        "default_model": any(w.get("model_is_default") for w in snapshot.workers.values()),
-        "warnings": warnings,
-    }
-    return jsonify(body), 200 if healthy else 503
+        "models": sorted({str(w.get("model")) for w in snapshot.workers.values()}),
+        "default_model": default_model,
+        "warnings": [DEFAULT_MODEL_WARNING] if default_model else [],
+    })
+    return jsonify(body), code
 
 
 @bp.get("/readyz")
@@ -51,6 +69,13 @@ def readyz():
     return jsonify(body), 200 if snapshot.redis_ok else 503
 
 
+@bp.get("/livez")
+def livez():
+    """200 whenever this process serves HTTP; reads nothing. For liveness probes, which must neither depend on
+    Redis (restarting a gateway does not bring Redis back) nor need the API token."""
+    return jsonify({"status": "alive"})
+
+
 @bp.get("/")
 def page():
     """The browser client: microphone capture, live transcript, queue banner (app/static)."""
@@ -60,8 +85,11 @@ def page():
 @bp.get("/api/admission")
 def admission():
     """Whether this client would be admitted now, and why not: what a browser checks before opening /ws
-    (it cannot read the status of a refused WebSocket handshake)."""
+    (it cannot read the status of a refused WebSocket handshake). Without the token only the refusal: how
+    much work waits is for clients that may use the service."""
     svc = services()
+    if not authorized(svc):
+        return unauthorized({"admitting": False, "refusal": UNAUTHORIZED.body()})
     refusal = refusal_for(svc, request)
     body = {"admitting": refusal is None, "pending": svc.monitor.snapshot.pending,
             "refusal": refusal.body() if refusal else None,
@@ -71,16 +99,23 @@ def admission():
 
 @bp.get("/metrics")
 def metrics():
-    """Prometheus exposition of this gateway's counters and the back end's gauges (see app.metrics)."""
-    return Response(generate_latest(services().metrics.registry), content_type=CONTENT_TYPE_LATEST)
+    """Prometheus exposition of this gateway's counters and the back end's gauges (see app.metrics).
+
+    Needs the API token when one is set: Prometheus sends it with ``authorization: {credentials_file: …}``
+    (or ``bearer_token_file``) in the scrape config.
+    """
+    svc = services()
+    if not authorized(svc):
+        return unauthorized()
+    return Response(generate_latest(svc.metrics.registry), content_type=CONTENT_TYPE_LATEST)
 
 
 @bp.get("/api/queue")
 def queue_state():
     """Queue depths, workers and sessions as JSON; the same numbers drive admission and queue_status."""
     svc = services()
-    if not token_ok(svc.settings, request.headers.get("Authorization"), request.args.get("token")):
-        return jsonify({"type": "error", "code": "unauthorized", "message": "a valid API token is required"}), 401
+    if not authorized(svc):
+        return unauthorized()
     snapshot = svc.monitor.snapshot
     room = any(svc.dispatcher.has_room(w, info) for w, info in snapshot.workers.items())
     refusal = capacity_refusal(svc.settings, snapshot, room)

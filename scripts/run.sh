@@ -11,5 +11,17 @@ if [[ -z "${ASR_MODEL:-}" ]]; then
   echo "ASR_MODEL is not set: generating and serving the embedded tiny RANDOM-WEIGHT model (transcripts are meaningless)"
   python -m tasks.modelgen --size tiny --out models/paraformer-zh-streaming-tiny
 fi
-echo "gateway: ws://${ASR_BIND:-127.0.0.1:8000}/ws   health: http://${ASR_BIND:-127.0.0.1:8000}/healthz   flower: http://127.0.0.1:5555"
+# Flower's API can shut workers down: it gets basic auth, with a password generated on the first run and kept in
+# var/ (mode 600) so a browser's saved login keeps working. Exported for the Procfile's flower line.
+credentials=var/flower-credentials
+if [[ ! -s $credentials ]]; then
+  mkdir -p var
+  (umask 077 && python -c 'import secrets; print("asr:" + secrets.token_urlsafe(18))' >"$credentials")
+fi
+chmod 600 "$credentials"
+FLOWER_BASIC_AUTH=$(<"$credentials")
+export FLOWER_BASIC_AUTH
+echo "gateway: ws://${ASR_BIND:-127.0.0.1:8000}/ws   health: http://${ASR_BIND:-127.0.0.1:8000}/healthz" \
+  "  flower: http://127.0.0.1:${ASR_FLOWER_PORT:-5555} (user ${FLOWER_BASIC_AUTH%%:*}," \
+  "password ${FLOWER_BASIC_AUTH#*:}, from $credentials)"
 exec honcho start -f Procfile

@@ -4,7 +4,11 @@ const FRAME_SAMPLES = 960; // 60 ms at 16 kHz, what FunASR's own clients send (c
 const BUSY_PENDING = 50; // queue_status above this shows the banner as busy
 
 const $ = (id) => document.getElementById(id);
+// The API token, when the service needs one, comes in the page's own URL (/?token=…). fetch sends it in an
+// Authorization header, which stays out of URLs and so out of access logs; only the WebSocket URL carries it,
+// because a browser cannot set headers on a WebSocket handshake.
 const token = new URLSearchParams(location.search).get("token");
+const authHeaders = token ? { Authorization: `Bearer ${token}` } : {};
 const withToken = (url) => (token ? `${url}${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}` : url);
 
 let session = null;
@@ -53,7 +57,7 @@ function onMessage(event) {
 
 async function admitted() {
   // A browser cannot read the status of a refused WebSocket handshake, so ask first why we would be refused.
-  const response = await fetch(withToken("/api/admission"));
+  const response = await fetch("/api/admission", { headers: authHeaders });
   const body = await response.json();
   if (body.admitting) return true;
   const retry = body.retry_after ? ` Try again in ${body.retry_after} s.` : "";
@@ -145,7 +149,8 @@ function finish() {
 }
 
 async function describeModel() {
-  const health = await (await fetch("/healthz")).json();
+  // Without the token /healthz answers only its status, so the page sends it to learn about the model.
+  const health = await (await fetch("/healthz", { headers: authHeaders })).json();
   if (health.default_model) {
     $("notice").textContent = "Demo model: the server runs a tiny model with random weights, so the text is meaningless.";
     $("notice").hidden = false;
