@@ -2,10 +2,12 @@
 
 =============== ==================================================================================================
 five-hundred    the 500-stream experiment: original design (1 worker, 1 chunk at a time) vs scaled, side by side
+burst           N clients at once the moment a fresh stack is healthy: each admitted or refused (503), none lost
 overload        capacity for K streams, thousands of clients: each is served, shown the queue, or refused (503)
 kill-worker     kill -9 one of two workers mid-run: sessions completed, recovery time, transcripts in order
 redis-restart   restart the (private) Redis under load: how sessions end, how soon new sessions work
 soak            1000 sessions opened and closed: gateway and worker RSS after warm-up and at the end
+flood           abusive clients (tiny frames, huge texts, never reading, silent) vs healthy sessions' lag
 =============== ==================================================================================================
 
 Each exits 0 when its checks pass, 1 when one fails, 2 when the stack could not be set up. ``--quick`` shrinks
@@ -22,7 +24,7 @@ import time
 from pathlib import Path
 
 from bench.loadtest import DEFAULT_OUT, raise_open_files_limit
-from bench.scenarios import five_hundred, kill_worker, overload, redis_restart, soak
+from bench.scenarios import burst, five_hundred, flood, kill_worker, overload, redis_restart, soak
 from bench.scenarios.base import DEFAULT_MODEL, DEFAULT_REDIS, EXIT_SETUP, Options
 
 SCENARIOS = {
@@ -31,6 +33,8 @@ SCENARIOS = {
     "kill-worker": kill_worker,
     "redis-restart": redis_restart,
     "soak": soak,
+    "burst": burst,
+    "flood": flood,
 }
 
 
