@@ -25,7 +25,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         from werkzeug.middleware.proxy_fix import ProxyFix
 
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops)  # type: ignore
-    app.json.ensure_ascii = False  # transcripts are mostly CJK text
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]  # transcripts are mostly CJK text
     app.extensions["asr"] = Services.build(settings)
     app.register_blueprint(api.bp)
     ws.init_app(app)
