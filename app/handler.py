@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 TICK = 0.5  # seconds between the session's periodic decisions (timeouts, worker loss, queue_status)
 YIELD_EVERY = 16  # messages handled between cooperative yields, so one busy session cannot starve the others
-READER_GRACE = 6.0  # seconds a closing session waits for its reader (app.reader drains for up to 5 s)
+READER_GRACE = 3.0  # seconds a closing session waits for its reader (app.reader drains for up to 2 s)
 
 
 class SessionHandler:

@@ -33,8 +33,9 @@ from app.limits import READ_AHEAD_BYTES, READ_AHEAD_MESSAGES, FrameGuard, Limits
 YIELD_EVERY = 64  # frames parsed between cooperative yields
 FULL_WAIT = 0.01  # seconds between looks at a full read-ahead buffer
 CLOSE_GRACE = 10.0  # seconds a reader that stopped on a violation waits for the handler to close
-DRAIN_SECONDS = 5.0  # then it discards what the client still sends, for at most this long
-DRAIN_QUIET = 1.0  # seconds of silence that end the drain
+DRAIN_SECONDS = 2.0  # then it discards what the client still sends, for at most this long
+DRAIN_BYTES = 16 << 20  # or this much
+DRAIN_QUIET = 0.5  # seconds of silence that end the drain
 
 
 def reader_class(limits: Limits) -> Any:
@@ -82,22 +83,21 @@ class BoundedReader(threading.Thread):
             pass
 
     def _drain(self) -> None:
-        """Read and discard what the client still sends until its answering close frame, EOF or silence, at most
-        ``DRAIN_SECONDS``: closing a socket with unread data resets it, and the client would never see our close
-        frame with the reason."""
-        conn = self.conn
+        """Read and discard what the client still sends, unparsed, until it goes quiet (it has our close frame),
+        at most ``DRAIN_SECONDS`` / ``DRAIN_BYTES``: closing a socket with unread data resets it, and the client
+        would never see the close frame with the reason. Parsing it would cost a flood's worth of CPU."""
+        sock = self.conn.sock
         deadline = time.monotonic() + DRAIN_SECONDS
+        drained = 0
         try:
-            conn.sock.settimeout(DRAIN_QUIET)
-            while time.monotonic() < deadline:
-                data = conn.sock.recv(65536)
+            sock.settimeout(DRAIN_QUIET)
+            while time.monotonic() < deadline and drained < DRAIN_BYTES:
+                data = sock.recv(65536)
                 if not data:
                     return
-                conn.ws.receive_data(data)
-                if any(isinstance(event, CloseConnection) for event in conn.ws.events()):
-                    return
+                drained += len(data)
                 time.sleep(0)
-        except (OSError, LocalProtocolError):  # socket.timeout included: the client went quiet
+        except OSError:  # socket.timeout included: the client went quiet
             pass
 
     def _full(self) -> bool:
