@@ -9,6 +9,7 @@ import logging
 
 from flask import Flask
 
+from config.redis import redact
 from config.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -29,5 +30,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["asr"] = Services.build(settings)
     app.register_blueprint(api.bp)
     ws.init_app(app)
-    logger.info("gateway ready: redis %s, queue %s", settings.redis_url, settings.queue)
+    logger.info("gateway ready: redis %s, queue %s", redact(settings.redis_url), settings.queue)
     return app

@@ -29,7 +29,7 @@ from app.actions import Action, Close, Move, Observe, Release, Send, Submit
 from app.outbox import CloseFrame, Outbox
 from app.protocol import CLOSE_INTERNAL
 from app.session import Session
-from config.logs import printable
+from config.logs import fields, printable
 from tasks.errors import AdmissionRefused, BackendUnavailable, ServiceError
 from tasks.wire import ChunkResult
 
@@ -73,7 +73,7 @@ class SessionHandler:
             with self._lock:
                 self.session.end("client_closed")
         except Exception:  # noqa: BLE001 - process boundary: log with context, tell the client, keep serving others
-            logger.exception("session %s: unexpected error", self.id)
+            logger.exception("session %s: unexpected error", self.id, extra=self._fields())
             with self._lock:
                 self.session.end("internal_error")
             self._perform(self._fail_actions(ServiceError("internal error; the session was closed")))
@@ -113,7 +113,7 @@ class SessionHandler:
                     actions = self.session.on_message(message, time.time())
                 if configuring and self.session.config is not None:
                     logger.info("session %s (%s, %s) on worker %s", self.id, self.client,
-                                printable(self.session.config.wav_name), self.session.worker)
+                                printable(self.session.config.wav_name), self.session.worker, extra=self._fields())
                 self._perform(actions)
                 handled += 1
                 if handled % YIELD_EVERY == 0:
@@ -134,7 +134,7 @@ class SessionHandler:
         services.dispatcher.release(self.id)
         if session.stream is not None and session.worker in services.monitor.snapshot.workers:
             services.dispatcher.close_stream(session.stream.stream, session.worker)
-        logger.info("session %s ended: %s", self.id, session.end_reason)
+        logger.info("session %s ended: %s", self.id, session.end_reason, extra=self._fields())
 
     @staticmethod
     def _fail_actions(error: ServiceError) -> list[Action]:
@@ -173,7 +173,8 @@ class SessionHandler:
         with self._lock:
             actions = self.session.moved(worker)
         submitted = sum(len(a.jobs) for a in actions if isinstance(a, Submit))
-        logger.info("session %s: replaying %d chunk(s) on %s (was %s)", self.id, submitted, worker, current)
+        logger.info("session %s: replaying %d chunk(s) on %s (was %s)", self.id, submitted, worker, current,
+                    extra=self._fields())
         self.services.metrics.replays.inc()
         self._perform(actions)
 
@@ -183,7 +184,7 @@ class SessionHandler:
             self.session.end(reason)
             self._aborted = True
         logger.info("session %s: client %s is %d bytes behind; disconnecting", self.id, self.client,
-                    self.outbox.bytes)
+                    self.outbox.bytes, extra=self._fields())
         self.outbox.close()
         self.ws.connected = False
         try:
@@ -195,7 +196,14 @@ class SessionHandler:
     def _log_close(self, action: Close) -> None:
         config = self.session.config
         name = printable(config.wav_name) if config else "-"
-        logger.info("session %s (%s, %s) closing: %s (%d)", self.id, self.client, name, action.reason, action.code)
+        logger.info("session %s (%s, %s) closing: %s (%d)", self.id, self.client, name, action.reason, action.code,
+                    extra=self._fields())
+
+    def _fields(self) -> dict:
+        """This session's structured log fields (JSON keys; the text format shows the message only)."""
+        stream = self.session.stream
+        return fields(session=self.id, worker=self.session.worker, stream=stream.stream if stream else None,
+                      client=self.client)
 
     # --- callbacks from other threads -----------------------------------------------------------------------------
     def _on_result(self, result: ChunkResult) -> None:

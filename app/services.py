@@ -17,6 +17,7 @@ from app.monitor import Monitor, Snapshot
 from app.publisher import TaskPublisher
 from app.results import ResultRouter
 from app.session import Backend
+from config.redis import client as redis_client
 from config.settings import Settings
 from tasks.celery_app import create_celery_app
 from tasks.wire import Keys
@@ -98,6 +99,5 @@ class Services:
 
 
 def _redis(url: str) -> redis.Redis:
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError(f"the broker must be Redis (queue inspection and publishing read its lists), got {url!r}")
-    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=10)
+    """A client for ``url`` in any form config.redis accepts (Sentinel, TLS, AUTH); ValueError if malformed."""
+    return redis_client(url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=10)

@@ -19,6 +19,7 @@ import re
 
 from gunicorn.glogging import Logger
 
+from config.logs import use_format
 from config.settings import Settings
 
 _TOKEN_PARAM = re.compile(r"((?:^|[?&;])token=)[^&;#\s\"]*", re.IGNORECASE)
@@ -36,6 +37,10 @@ class RedactingLogger(Logger):
             elif isinstance(value, str) and "token=" in value.lower():
                 atoms[key] = _TOKEN_PARAM.sub(r"\1[redacted]", value)
         return atoms
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        use_format(_settings.log_format, [self.error_log, self.access_log])  # ASR_LOG_FORMAT=json: these too
 
 
 _settings = Settings.from_env()

@@ -4,6 +4,9 @@
 set -euo pipefail
 
 url=${ASR_REDIS_URL:-redis://127.0.0.1:6379/0}
+if [[ "$url" != redis://* ]]; then  # rediss://, sentinel://, unix://: an operator's Redis, not ours to start
+  echo "redis: $url is not a plain redis:// URL; not starting one (make sure it is up)"; exit 0
+fi
 hostport=${url#redis://}; hostport=${hostport#*@}; hostport=${hostport%%/*}
 host=${hostport%%:*}; port=${hostport##*:}; [[ "$port" == "$host" ]] && port=6379
 

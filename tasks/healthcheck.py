@@ -32,6 +32,8 @@ from collections.abc import Sequence
 
 import redis
 
+from config.redis import client as redis_client
+from config.redis import redact
 from config.settings import Settings
 from tasks.wire import Keys
 
@@ -54,7 +56,7 @@ def check(settings: Settings, worker_id: str, timeout: float = 2.0) -> tuple[boo
     """(healthy, reason) for ``worker_id``'s heartbeat in the Redis of ``settings``."""
     key = Keys(settings.key_prefix).worker(worker_id)
     try:
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        client = redis_client(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
         with client:
             raw = client.get(key)
     except (redis.RedisError, ValueError) as exc:  # ValueError: a malformed ASR_REDIS_URL
@@ -75,11 +77,8 @@ def check(settings: Settings, worker_id: str, timeout: float = 2.0) -> tuple[boo
 
 
 def _safe_url(url: str) -> str:
-    """The Redis URL without its password, for messages."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.split("@", 1)[1]
-    return scheme + sep + rest
+    """The Redis URL without its passwords (user info and ``sentinel_password``), for messages."""
+    return redact(url)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
