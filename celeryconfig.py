@@ -20,6 +20,12 @@ result_backend = None
 # the batch size; tasks block until their chunk is recognized, so the rest waits *visibly* in Redis.
 worker_pool = "threads"
 worker_prefetch_multiplier = 1
+# The multiplier alone does not make that bound true: chunks are acknowledged when a thread starts them, which
+# returns their prefetch credit, so with --concurrency N up to N running plus N more fetched (queued inside the
+# pool) left Redis, hidden from admission, queue_status and autoscaling. With this the Redis transport fetches
+# only while fewer than N tasks are reserved, running ones included: at most N chunks (+1 whose fetch was in
+# flight) leave Redis (tests/e2e/test_operations.py).
+worker_disable_prefetch = True
 
 # Chunks are acknowledged when they start. If a worker dies, the gateway replays the session's unfinished audio
 # to another worker (its queue is private, so a redelivery would reach nobody); acks_late would only make a
@@ -28,7 +34,9 @@ task_acks_late = False
 task_reject_on_worker_lost = False
 
 # Per-task events (received/started/succeeded) triple the broker traffic per chunk. Flower still lists workers
-# and queue depths without them; start workers with -E to see individual tasks in Flower.
+# and queue depths without them; start workers with -E to see individual tasks in Flower. Flower would switch
+# them on in every worker by remote control at start: the Procfile and deployment files pass it
+# --enable_events=False. (Chunks are never "sent" events: the gateway writes them to Redis itself.)
 worker_send_task_events = False
 task_send_sent_event = False
 

@@ -48,6 +48,8 @@ class Dispatcher:
 
     def has_room(self, worker_id: str, info: dict) -> bool:
         """An estimate for status pages; the lease taken by :meth:`reserve` is what enforces the limit."""
+        if info.get("draining"):
+            return False
         limit = self.limit(info)
         return limit <= 0 or self.sessions_on(worker_id, self.monitor.snapshot) < limit
 
@@ -66,27 +68,40 @@ class Dispatcher:
     def reserve(self, session_id: str, *, require_room: bool = True) -> str:
         """Lease a slot for the session on the least-loaded live worker that has one, and return that worker.
 
-        ``require_room=False`` ignores ASR_WORKER_MAX_STREAMS (a session moving off a dead worker is never cut
-        for load). Raises AdmissionRefused when no worker is alive or all are full, BackendUnavailable when
-        Redis cannot be reached.
+        Draining workers (``celery -A tasks control drain``) take no new sessions. ``require_room=False``
+        ignores ASR_WORKER_MAX_STREAMS and, when no other worker is left, accepts a draining one (a session moving
+        off a dead worker is never cut for load). Raises AdmissionRefused when no worker is alive or all are full,
+        BackendUnavailable when Redis cannot be reached.
         """
         snapshot = self.monitor.snapshot
         if not snapshot.workers:
             raise AdmissionRefused("no recognition worker is running", code="no_worker",
                                    retry_after=self.settings.retry_after)
-        with self._lock:
-            ranked = sorted((self.load(w, info, snapshot), w) for w, info in snapshot.workers.items())
-        for _, worker_id in ranked:
+        candidates = {w: info for w, info in snapshot.workers.items() if not info.get("draining")}
+        if not candidates and not require_room:
+            candidates = dict(snapshot.workers)
+        tried: set[str] = set()
+        while True:
+            with self._lock:  # choose and count in one step, so concurrent reservations spread out
+                ranked = sorted((self.load(w, info, snapshot), w) for w, info in candidates.items() if w not in tried)
+                if not ranked:
+                    break
+                worker_id = ranked[0][1]
+                self._add_recent(worker_id, snapshot, 1)
+            tried.add(worker_id)
             limit = self.limit(snapshot.workers[worker_id]) if require_room else 0
             try:
                 granted = self.leases.reserve(worker_id, session_id, limit)
             except redis.RedisError as exc:
+                with self._lock:
+                    self._add_recent(worker_id, snapshot, -1)
                 raise BackendUnavailable(f"cannot reach Redis: {exc}") from exc
             if granted:
-                self._count_recent(worker_id, snapshot)
                 return worker_id
-        raise AdmissionRefused("every worker is serving its maximum number of streams", code="at_capacity",
-                               retry_after=self.settings.retry_after)
+            with self._lock:
+                self._add_recent(worker_id, snapshot, -1)
+        raise AdmissionRefused("every worker is serving its maximum number of streams (or draining)",
+                               code="at_capacity", retry_after=self.settings.retry_after)
 
     def move(self, session_id: str) -> str:
         """Release the session's worker lease and lease a slot on the least-loaded live worker, full or not."""
@@ -96,10 +111,10 @@ class Dispatcher:
     def release(self, session_id: str) -> None:
         self.leases.release(session_id)
 
-    def _count_recent(self, worker_id: str, snapshot: Snapshot) -> None:
-        with self._lock:
-            taken, recent = self._recent.get(worker_id, (snapshot.taken_at, 0))
-            self._recent[worker_id] = (snapshot.taken_at, (recent if taken == snapshot.taken_at else 0) + 1)
+    def _add_recent(self, worker_id: str, snapshot: Snapshot, delta: int) -> None:
+        """Count a lease taken (or given back) since ``snapshot``. Caller holds the lock."""
+        taken, recent = self._recent.get(worker_id, (snapshot.taken_at, 0))
+        self._recent[worker_id] = (snapshot.taken_at, max(0, (recent if taken == snapshot.taken_at else 0) + delta))
 
     def queue_for(self, worker_id: str) -> str:
         info = self.monitor.snapshot.workers.get(worker_id, {})

@@ -3,10 +3,13 @@
 Hooks, in the order Celery fires them in the worker process:
 
 * ``worker_init``: refuse pools that would run tasks outside this process (prefork, eventlet, gevent): the
-  model and the streams' state live here, so a task must run here.
+  model and the streams' state live here, so a task must run here. Refuse ``--autoscale`` too (one process is
+  one model copy; Celery's threads pool cannot resize anyway).
 * ``celeryd_after_setup``: add this worker's private queue ``<queue>.<hostname>`` to what it consumes.
 * ``worker_ready``: create the :class:`~tasks.runtime.WorkerRuntime` and start loading the model.
-* ``worker_shutting_down``: deregister, so gateways move this worker's sessions elsewhere at once.
+* ``worker_shutting_down`` (SIGTERM, SIGINT): deregister, so gateways move this worker's sessions elsewhere at
+  once. The remote ``shutdown`` command skips that signal; :class:`tasks.control.StopRuntime` (a bootstep) stops
+  the runtime on every path, that one included.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import redis
 from celery import shared_task, signals
 from celery.concurrency import get_implementation
 
+from config.logs import stream_fields
 from config.settings import Settings
 from tasks import wire
 from tasks.errors import ProtocolError
@@ -35,6 +39,11 @@ def _pool_name(pool_cls) -> str:
     return {get_implementation(name): name for name in ("threads", "solo", "prefork")}.get(cls, cls.__module__)
 
 
+def current_runtime() -> WorkerRuntime | None:
+    """This worker process's runtime; None outside a worker or before ``celeryd_after_setup``."""
+    return _runtime
+
+
 @signals.worker_init.connect
 def _check_pool(sender, **_kwargs) -> None:
     pool = _pool_name(sender.pool_cls)
@@ -42,6 +51,13 @@ def _check_pool(sender, **_kwargs) -> None:
         raise SystemExit(
             f"pool {pool!r} cannot serve streaming sessions: use --pool threads (the default) or solo. "
             "One worker process holds one model copy; run more worker processes to use more cores or GPUs."
+        )
+    autoscale = getattr(sender, "autoscale", None) or sender.options.get("autoscale")
+    if autoscale:
+        raise SystemExit(
+            f"--autoscale {','.join(map(str, autoscale))} is not supported: a worker's --concurrency is how many "
+            "chunks it holds at once (its largest batch), not model copies, and the threads pool cannot resize. "
+            "Use --concurrency N and run more worker processes (one per core group or GPU) to add capacity."
         )
 
 
@@ -88,12 +104,13 @@ def _refuse(payload: Any, error: ProtocolError) -> None:
     if runtime is not None and address is not None:
         stream, seq, channel = address
         if channel == runtime.keys.result_channel(wire.split_stream_id(stream)[0]):
-            logger.warning("refusing chunk %d of %s: %s", seq, stream, error.message)
+            logger.warning("refusing chunk %d of %s: %s", seq, stream, error.message, extra=stream_fields(stream, seq))
             result = ChunkResult(stream, seq, error=error.message, code=error.code, worker=runtime.worker_id)
             try:
                 runtime.publisher([(channel, result)])
             except redis.RedisError as exc:
-                logger.warning("could not answer the refused chunk %d of %s: %s", seq, stream, exc)
+                logger.warning("could not answer the refused chunk %d of %s: %s", seq, stream, exc,
+                               extra=stream_fields(stream, seq))
             if runtime.engine is not None:
                 runtime.engine.close_stream(stream)  # the session ends: its later chunks need no state
             return
@@ -118,7 +135,8 @@ def transcribe_chunk(payload: Any) -> None:
     try:
         runtime.engine.submit(job).wait(timeout=runtime.settings.chunk_timeout)
     except TimeoutError:
-        logger.warning("chunk %s of %s still waiting after %.0f s", job.seq, job.stream, runtime.settings.chunk_timeout)
+        logger.warning("chunk %s of %s still waiting after %.0f s", job.seq, job.stream, runtime.settings.chunk_timeout,
+                       extra=stream_fields(job.stream, job.seq))
 
 
 @shared_task(name=wire.TASK_CLOSE_STREAM, ignore_result=True)

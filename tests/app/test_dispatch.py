@@ -49,3 +49,34 @@ def test_no_live_worker_is_refused_as_no_worker(redis_url):
     with pytest.raises(AdmissionRefused) as none:
         dispatcher(redis_url, "disp-c:", {}, {}).reserve("s")
     assert none.value.code == "no_worker"
+
+
+def test_concurrent_reservations_spread_over_equal_workers(redis_url):
+    import threading
+
+    workers = {w: {"queue": f"gpu.{w}", "streams": 0} for w in ("a", "b")}
+    d = dispatcher(redis_url, "disp-d:", workers, {})
+    chosen: list[str] = []
+    start = threading.Barrier(8)
+
+    def one(i: int) -> None:
+        start.wait()
+        chosen.append(d.reserve(f"s{i}"))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(chosen) == ["a"] * 4 + ["b"] * 4, "sessions opened together must not all land on one worker"
+
+
+def test_draining_workers_take_no_new_sessions_but_a_moving_one_as_a_last_resort(redis_url):
+    workers = {"a": {"queue": "gpu.a", "draining": True}, "b": {"queue": "gpu.b"}}
+    d = dispatcher(redis_url, "disp-e:", workers, {})
+    assert {d.reserve(f"s{i}") for i in range(4)} == {"b"}
+    only_draining = dispatcher(redis_url, "disp-f:", {"a": {"queue": "gpu.a", "draining": True}}, {})
+    with pytest.raises(AdmissionRefused) as refused:
+        only_draining.reserve("new")
+    assert refused.value.code == "at_capacity"
+    assert only_draining.move("moving") == "a"
