@@ -6,15 +6,18 @@ metrics) needs the token; the probes stay open but ``/healthz`` then tells an an
 
 from __future__ import annotations
 
+import logging
 import os
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.admission import UNAUTHORIZED, capacity_refusal, refusal_for, token_ok
+from app.metrics import SPLIT_REFUSAL
 from app.services import Services
 
 bp = Blueprint("api", __name__)
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_WARNING = (
     "workers serve the embedded tiny random-weight model: transcripts are meaningless; set ASR_MODEL"
@@ -102,11 +105,16 @@ def metrics():
     """Prometheus exposition of this gateway's counters and the back end's gauges (see app.metrics).
 
     Needs the API token when one is set: Prometheus sends it with ``authorization: {credentials_file: …}``
-    (or ``bearer_token_file``) in the scrape config.
+    (or ``bearer_token_file``) in the scrape config. With more than one gateway process it answers 503 instead:
+    each process has its own counters, and a scrape would see one of them at random (app.metrics).
     """
     svc = services()
     if not authorized(svc):
         return unauthorized()
+    if svc.settings.gateway_processes > 1:
+        message = SPLIT_REFUSAL.format(processes=svc.settings.gateway_processes)
+        logger.error("%s", message)
+        return Response(message + "\n", status=503, content_type="text/plain; charset=utf-8")
     return Response(generate_latest(svc.metrics.registry), content_type=CONTENT_TYPE_LATEST)
 
 
@@ -123,7 +131,8 @@ def queue_state():
         {"id": w, "hostname": info.get("hostname"), "pid": info.get("pid"), "queue": info.get("queue"),
          "pending": snapshot.queues.get(info.get("queue", ""), 0), "leases": snapshot.leases.get(w, 0),
          "streams": info.get("streams", 0), "max_streams": info.get("max_streams", 0),
-         "concurrency": info.get("concurrency"), "pool": info.get("pool"), "recognizer": info.get("recognizer"),
+         "concurrency": info.get("concurrency"), "pool": info.get("pool"), "draining": info.get("draining", False),
+         "recognizer": info.get("recognizer"),
          "device": info.get("device"), "stats": info.get("stats", {})}
         for w, info in sorted(snapshot.workers.items())
     ]

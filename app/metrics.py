@@ -1,21 +1,35 @@
 """Prometheus metrics of one gateway process, served at ``/metrics``.
 
-Two kinds: counters and a latency histogram the gateway updates as sessions run, and gauges read at scrape time
+Three kinds: counters and a latency histogram the gateway updates as sessions run; gauges read at scrape time
 from the monitor's latest snapshot — so one scrape of any gateway shows the whole back end (queue depths, every
-live worker's streams and batch statistics, from their heartbeats). ``asr_pending_tasks`` is the number to
-autoscale workers on (docker/k8s has a KEDA example).
+live worker's streams and batch counters, from their heartbeats); and the process's own ``process_*`` series
+and ``asr_build_info``. ``asr_pending_tasks`` is the number to autoscale workers on (docker/k8s has a KEDA
+example). Workers serve their own distributions (batch sizes, forward times, failures) on their own port:
+tasks.metrics.
+
+One gateway process per container (``ASR_GATEWAY_PROCESSES=1``): each gunicorn process has its own registry and
+a scrape reaches one of them at random, so with several every counter would jump between processes' values.
+Rather than serve that, ``/metrics`` refuses with 503 and says why (:data:`SPLIT_REFUSAL`): the target shows as
+down and Prometheus's ``up`` alerts fire. prometheus_client's multiprocess mode was not chosen: it needs its
+directory set before the first import and gunicorn hooks for dead processes, and it cannot merge the
+snapshot-time gauges, which every process would report again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from app.monitor import Snapshot
+from config.version import package_version
 
+SPLIT_REFUSAL = (
+    "ASR_GATEWAY_PROCESSES={processes}: each gateway process has its own counters and a scrape reaches one at "
+    "random, so /metrics is refused. Run one gateway process per container and more containers instead."
+)
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
@@ -37,16 +51,17 @@ class _BackendCollector(Collector):
             depth.add_metric([queue], n)
         yield depth
         streams = GaugeMetricFamily("asr_worker_streams", "Open streams per worker", labels=["worker"])
-        mean = GaugeMetricFamily("asr_worker_mean_batch", "Mean chunks per forward pass", labels=["worker"])
         chunks = CounterMetricFamily("asr_worker_chunks", "Chunks recognized per worker", labels=["worker"])
         batches = CounterMetricFamily("asr_worker_batches", "Forward passes per worker", labels=["worker"])
+        failures = CounterMetricFamily("asr_worker_failures", "Chunks failed per worker (by code: the worker's own "
+                                       "asr_engine_failures_total)", labels=["worker"])
         for worker, info in snap.workers.items():
             stats = info.get("stats") or {}
             streams.add_metric([worker], info.get("streams", 0))
-            mean.add_metric([worker], stats.get("mean_batch", 0))
             chunks.add_metric([worker], stats.get("chunks", 0))
             batches.add_metric([worker], stats.get("batches", 0))
-        yield from (streams, mean, chunks, batches)
+            failures.add_metric([worker], stats.get("failures", 0))
+        yield from (streams, chunks, batches, failures)
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -58,7 +73,10 @@ class GatewayMetrics:
 
     def __init__(self, snapshot: Callable[[], Snapshot], sessions: Callable[[], int]) -> None:
         self.registry = CollectorRegistry()
-        self.sessions = Counter("asr_sessions", "Sessions admitted", registry=self.registry)
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes …
+        Info("asr_build", "This gateway's build", registry=self.registry).info({"version": package_version()})
+        # Counted once a session passed admission (app.ws); refused ones are asr_sessions_refused_total.
+        self.sessions = Counter("asr_sessions_admitted", "Sessions admitted", registry=self.registry)
         self.refused = Counter("asr_sessions_refused", "Sessions refused before the handshake", ["code"],
                                registry=self.registry)
         self.ended = Counter("asr_sessions_ended", "Sessions ended, by how", ["reason"], registry=self.registry)

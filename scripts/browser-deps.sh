@@ -4,7 +4,12 @@
 set -euo pipefail
 
 missing=()
-for tool in chromium espeak-ng sox; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+# promtool (package prometheus): tests/docker checks the Prometheus config and alert rules with it.
+declare -A package=([promtool]=prometheus)  # tools whose Debian package has another name
+# openssl: tests of rediss:// make a throw-away CA with it (tests/redis_servers.py).
+for tool in chromium espeak-ng sox promtool openssl; do
+  command -v "$tool" >/dev/null || missing+=("${package[$tool]:-$tool}")
+done
 [[ ${#missing[@]} -eq 0 ]] && exit 0
 sudo_=""; [[ $(id -u) -ne 0 ]] && sudo_="sudo"
 echo "browser tests: installing ${missing[*]}"

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from config.logs import stream_fields
 from tasks.errors import EngineError, RecognitionFailed, ServiceError, StreamStateLost
 from tasks.options import StreamOptions
 from tasks.recognizer import ChunkWork, StreamingRecognizer, StreamState
@@ -109,6 +110,18 @@ class _Stream:
     busy: bool = False  # a chunk of it is in the batch being recognized
 
 
+class EngineObserver:
+    """Instrumentation hooks, called from the batcher thread; this default does nothing (tasks.metrics exports
+    them to Prometheus). They must be quick and must not raise."""
+
+    def batch(self, size: int, waits: Sequence[float], forward: float, compute: float) -> None:
+        """A batch ran: its chunks, each one's wait (submission to batch start, s; the gateway's wall clock
+        against this host's), the recognizer call and the whole batch (s)."""
+
+    def failed(self, code: str, count: int = 1) -> None:
+        """``count`` chunks failed with error ``code`` (tasks.errors)."""
+
+
 @dataclass
 class EngineStats:
     batches: int = 0
@@ -151,6 +164,7 @@ class Engine:
         on_death: Callable[[str], None] | None = None,
         fault_injection: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        observer: EngineObserver | None = None,
     ) -> None:
         self.recognizer = recognizer
         self.publish = publish
@@ -164,6 +178,7 @@ class Engine:
         self.fault_injection = fault_injection
         self.clock = clock
         self.stats = EngineStats()
+        self.observer = observer or EngineObserver()
         self.death: str | None = None  # why the batcher thread died, once it has
         self._streams: dict[str, _Stream] = {}
         self._ready: deque[str] = deque()
@@ -339,6 +354,7 @@ class Engine:
                                code=error.code, worker=self.worker_id) for w in failed]
         self._publish([(w.job.channel, r) for w, r in zip(failed, results)])
         self.stats.failures += len(failed)
+        self.observer.failed(error.code, len(failed))
         with self._cond:
             for stream, waiting in batch:
                 if stream.busy or not waiting.pending.done:  # its state is unknown now
@@ -378,7 +394,9 @@ class Engine:
             stream, waiting = batch[i]
             state: StreamState = stream.state  # type: ignore[assignment]  # _prepare saw to it
             work.append(ChunkWork(state, _pcm_to_float(waiting.job.audio), waiting.job.is_final))
+        forward_t0 = self.clock()
         texts = self._recognize(work) if work else []
+        forward = self.clock() - forward_t0
         if len(texts) != len(work):
             raise EngineError(f"the recognizer returned {len(texts)} results for {len(work)} chunks")
         for i, text in zip(todo, texts):
@@ -390,6 +408,7 @@ class Engine:
         self.stats.batches += 1
         self.stats.chunks += len(batch)
         self.stats.last_batch_size, self.stats.last_batch_ms = len(batch), compute * 1000
+        self.observer.batch(len(batch), [started - w.job.submitted_at for _, w in batch], forward, compute)
         with self._cond:
             for (stream, waiting), outcome in zip(batch, outcomes):
                 self._advance(stream, waiting.job, outcome)
@@ -408,7 +427,7 @@ class Engine:
         try:
             stream.state = self.recognizer.open_stream(stream.options)
         except Exception as exc:  # noqa: BLE001 - the recognizer is third-party code, as in _recognize
-            logger.exception("recognizer could not open stream %s", stream.id)
+            logger.exception("recognizer could not open stream %s", stream.id, extra=stream_fields(stream.id))
             return RecognitionFailed(f"recognizer failed to open the stream: {type(exc).__name__}: {exc}")
         return None
 
@@ -427,6 +446,7 @@ class Engine:
         timing = {"queued": round(started - job.submitted_at, 4), "compute": round(compute, 4), "batch": size}
         if isinstance(outcome, ServiceError):
             self.stats.failures += 1
+            self.observer.failed(outcome.code)
             return ChunkResult(job.stream, job.seq, is_final=job.is_final, error=outcome.message,
                                code=outcome.code, worker=self.worker_id, timing=timing)
         return ChunkResult(job.stream, job.seq, outcome, is_final=job.is_final, worker=self.worker_id, timing=timing)
@@ -458,7 +478,8 @@ class Engine:
                 if self._gap_expired(stream, now):
                     failed.extend(self._fail_stream(stream))
                 elif not (stream.waiting or stream.busy) and now - stream.last_used > self.stream_idle_timeout:
-                    logger.info("freeing stream %s after %.0f s idle", stream.id, now - stream.last_used)
+                    logger.info("freeing stream %s after %.0f s idle", stream.id, now - stream.last_used,
+                                extra=stream_fields(stream.id))
                     del self._streams[stream.id]
         if failed:
             self._publish([(channel, result) for channel, result, _ in failed])
@@ -483,7 +504,8 @@ class Engine:
             w = stream.waiting[seq]
             result = ChunkResult(stream.id, seq, error=error.message, code=error.code, worker=self.worker_id)
             out.append((w.job.channel, result, w.pending))
-        logger.warning("stream %s: %s", stream.id, error.message)
+        logger.warning("stream %s: %s", stream.id, error.message, extra=stream_fields(stream.id))
+        self.observer.failed(error.code, len(out))
         return out
 
 

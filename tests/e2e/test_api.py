@@ -51,7 +51,7 @@ def test_metrics_count_sessions_chunks_and_latency_and_expose_the_back_end(stack
     assert record.final is not None
     after = scrape(stack.http)
 
-    assert after["asr_sessions_total"] == before.get("asr_sessions_total", 0) + 1
+    assert after["asr_sessions_admitted_total"] == before.get("asr_sessions_admitted_total", 0) + 1
     assert after["asr_chunks_submitted_total"] - before.get("asr_chunks_submitted_total", 0) == 4
     assert after["asr_chunk_latency_seconds_count"] - before.get("asr_chunk_latency_seconds_count", 0) == 4
     assert after["asr_workers"] == 2 and after["asr_redis_up"] == 1
