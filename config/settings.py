@@ -30,7 +30,11 @@ class Settings:
     """All tunables of the service. Instances are immutable; build one with :meth:`from_env`."""
 
     # --- plumbing -------------------------------------------------------------------------------------------------
-    redis_url: str = _setting("redis://127.0.0.1:6379/0", "Redis for results, registry and queue inspection")
+    redis_url: str = _setting(
+        "redis://127.0.0.1:6379/0", "Redis for results, registry and queue inspection: redis://[user:password@]host"
+        ":port/db, rediss://… (TLS; ?ssl_ca_certs=…), unix:///path?db=N, or sentinel://[user:password@]host:26379"
+        "[,host2:26379]/db?master=NAME (see config/redis.py)"
+    )
     broker_url: str = _setting("", "Celery broker; empty means the same as redis_url")
     queue: str = _setting("gpu", "Celery queue family for chunk tasks; each worker also owns '<queue>.<hostname>'")
     key_prefix: str = _setting("asr:", "Prefix of every Redis key and channel this service writes")
@@ -121,6 +125,10 @@ class Settings:
     )
     drain_seconds: int = _setting(30, "On SIGTERM a gateway process lets open sessions run this long", "s")
     log_level: str = _setting("info", "Log level of the gateway's own loggers (workers: celery --loglevel)")
+    log_format: str = _setting(
+        "text", "Log line format of gateways and workers: text (human-readable) or json (one JSON object per line, "
+        "with session, worker, stream and chunk as keys on the lines about them)"
+    )
     log_tasks: bool = _setting(
         False, "Log every chunk task received/succeeded at INFO (two lines per chunk; off keeps logs readable)"
     )
@@ -131,6 +139,12 @@ class Settings:
         4.0, "A worker whose heartbeat is older than this is dead: its sessions move elsewhere", "s"
     )
     chunk_task_expires: float = _setting(300.0, "Chunk tasks not started within this are discarded", "s")
+    worker_metrics_port: int = _setting(
+        0, "Port of the worker process's own Prometheus /metrics (batch sizes, forward and wait times, failures, "
+        "process memory); 0 = off. One port per worker process: give each process on one host its own", "port"
+    )
+    worker_metrics_addr: str = _setting("127.0.0.1", "Address the worker's metrics port listens on (0.0.0.0 in "
+                                        "containers, for Prometheus to reach it)")
 
     @property
     def broker(self) -> str:

@@ -23,10 +23,13 @@ from collections.abc import Callable, Sequence
 
 import redis
 
+from config.redis import client as redis_client
 from config.settings import Settings
+from config.version import package_version
 from tasks import modelgen
 from tasks.engine import HEALTH_OK, HEALTH_STOPPED, KILL_ENGINE_PREFIX, Engine
 from tasks.errors import ModelLoadError
+from tasks.metrics import HEALTH_LOADING, WorkerMetrics, time_stages
 from tasks.recognizer import FaultInjectingRecognizer, FunASRStreamingRecognizer, StreamingRecognizer
 from tasks.registry import Heartbeat
 from tasks.wire import ChunkResult, Keys
@@ -108,17 +111,21 @@ class WorkerRuntime:
         self.concurrency = concurrency
         self.pool = pool
         self.keys = Keys(settings.key_prefix)
-        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=10, health_check_interval=10)
+        self.redis = redis_client(settings.redis_url, socket_timeout=10, health_check_interval=10)
         self.publisher = RedisPublisher(self.redis)
         self.exit = exit_with
         self.engine: Engine | None = None
         self.heartbeat: Heartbeat | None = None
         self.ready = threading.Event()
         self.started_at = time.time()
+        self.metrics: WorkerMetrics | None = None  # with ASR_WORKER_METRICS_PORT set (start())
+        self.draining = False  # advertised in the heartbeat: gateways give this worker no new sessions
+        self._stopped = threading.Event()  # stop() ran: a model still loading must not register afterwards
         self._failing = threading.Lock()  # held by the one thread that runs the exit path
 
     def start(self) -> None:
-        """Load the model in the background; tasks wait on :attr:`ready`."""
+        """Serve metrics (if configured), load the model in the background; tasks wait on :attr:`ready`."""
+        self._start_metrics()
         threading.Thread(target=self._load, name="asr-model-load", daemon=True).start()
 
     def _load(self) -> None:
@@ -130,6 +137,9 @@ class WorkerRuntime:
             logger.critical("worker %s cannot load its model, exiting: %s", self.worker_id, exc, exc_info=True)
             self.exit(EXIT_MODEL_LOAD_FAILED)
             return
+        if self.metrics is not None:
+            self.metrics.model_load.set(time.monotonic() - t0)
+            time_stages(recognizer, self.metrics)
         self.engine = Engine(
             recognizer,
             self.publisher,
@@ -140,6 +150,7 @@ class WorkerRuntime:
             stall_timeout=self.settings.chunk_timeout,  # a batch this long has failed its chunks' sessions anyway
             on_death=self.engine_failed,
             fault_injection=self.settings.fault_injection,
+            observer=self.metrics,
         ).start()
         logger.info("model ready in %.1f s: %s (%s)", time.monotonic() - t0, recognizer.description, recognizer.name)
         self.heartbeat = Heartbeat(
@@ -147,8 +158,28 @@ class WorkerRuntime:
             interval=self.settings.heartbeat_interval, ttl=self.settings.heartbeat_ttl,
             check=self.engine_problem, on_unhealthy=self.engine_failed,
         )
+        if self._stopped.is_set():  # told to stop while the model loaded: never register
+            self.engine.stop(timeout=0)
+            return
         self._start_heartbeat()
         self.ready.set()
+
+    def _start_metrics(self) -> None:
+        """Serve this process's Prometheus metrics (tasks.metrics) when ASR_WORKER_METRICS_PORT is set. A port
+        that cannot be bound is logged as an error, not fatal: a worker without metrics still serves."""
+        if not self.settings.worker_metrics_port:
+            return
+        info = {"worker": self.worker_id, "queue": self.queue, "device": self.settings.device,
+                "version": package_version()}
+        metrics = WorkerMetrics(info, health=lambda: self.engine.health() if self.engine else HEALTH_LOADING,
+                                streams=lambda: self.engine.open_streams if self.engine else 0)
+        try:
+            metrics.serve(self.settings.worker_metrics_port, self.settings.worker_metrics_addr)
+        except OSError as exc:
+            logger.error("worker %s cannot serve metrics on %s:%d: %s", self.worker_id,
+                         self.settings.worker_metrics_addr, self.settings.worker_metrics_port, exc)
+            return
+        self.metrics = metrics
 
     def _start_heartbeat(self) -> None:
         while True:
@@ -196,16 +227,43 @@ class WorkerRuntime:
             "concurrency": self.concurrency,
             "engine": engine.health() if engine else "loading",
             "streams": engine.open_streams if engine else 0,
+            "draining": self.draining,
             "max_streams": self.settings.worker_max_streams,
             "recognizer": recognizer.name if recognizer else None,
             "model": self.settings.model_path,
             "model_is_default": self.settings.model_is_default,
             "device": self.settings.device,
             "started_at": self.started_at,
+            "metrics_port": self.metrics.port if self.metrics else None,
             "stats": engine.stats.snapshot() if engine else {},
         }
 
+    def drain(self, draining: bool = True) -> dict:
+        """Advertise (or stop advertising) that this worker takes no new sessions; its open ones go on.
+
+        The heartbeat is rewritten at once, so gateways see it at their next sample rather than the next beat.
+        Returns what the ``drain``/``undrain`` control commands reply: the flag and the streams still open.
+        """
+        self.draining = draining
+        if self.heartbeat is not None and not self._stopped.is_set():
+            try:
+                self.heartbeat.beat()
+            except redis.RedisError as exc:  # the next beat carries it
+                logger.warning("could not publish the draining flag at once: %s", exc)
+        logger.warning("worker %s %s: %d open streams", self.worker_id,
+                       "draining (no new sessions)" if draining else "no longer draining", self.open_streams)
+        return {"draining": self.draining, "streams": self.open_streams}
+
+    @property
+    def open_streams(self) -> int:
+        return self.engine.open_streams if self.engine is not None else 0
+
     def stop(self) -> None:
+        """Deregister at once, finish the batch in progress, release every waiting chunk. Idempotent; every stop
+        path calls it (tasks.control.StopRuntime, and the SIGTERM/SIGINT signal hook earlier)."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
         if self.heartbeat:
             self.heartbeat.stop()
         if self.engine:

@@ -6,8 +6,9 @@ fields). KEDA's ScaledObject is a CRD those schemas lack, so its structure is ch
 Cross-checks: ASR_* names and values are real settings, the worker runs a pool that keeps tasks with the model,
 its -n name is what its probe looks up, probe paths are routes of the gateway (readiness on /readyz, liveness on
 something that does not need Redis), grace periods cover the drains they wait for, sizing follows the settings
-it depends on, and every PromQL query (Grafana, KEDA) names metrics that app/metrics.py exposes, with labels
-they carry.
+it depends on, and every PromQL query (Grafana, KEDA, alert rules) names metrics that app/metrics.py (gateways) or
+tasks/metrics.py (workers) expose, with labels they carry. Prometheus's own files go through promtool (`check
+config`, `check rules`, and the rule unit tests in docker/prometheus/alerts_test.yml) when it is installed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import dataclasses
 import functools
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +36,9 @@ K8S = DOCKER / "k8s"
 COMPOSE = DOCKER / "compose.yaml"
 COMPOSE_GPU = DOCKER / "compose.gpu.yaml"
 DASHBOARD = DOCKER / "grafana" / "dashboards" / "asr.json"
+PROMETHEUS = DOCKER / "prometheus"
+ALERTS = PROMETHEUS / "alerts.yml"
+WORKER_METRICS_PORT = 9100  # every worker container/pod: one process each, so one fixed port
 K8S_VERSION = "1.30"  # oldest Kubernetes the manifests target; kubernetes-validate ships its schema
 NOT_IN_KUSTOMIZATION = {"worker-gpu.yaml": "replaces worker.yaml on GPU clusters", "ingress.yaml": "example"}
 PROBE_COMMAND = ["python", "-m", "tasks.healthcheck"]
@@ -133,17 +138,20 @@ def test_compose_files_follow_the_compose_specification():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+CUSTOM_API_GROUPS = ("keda.sh/", "kustomize.config.k8s.io/", "monitoring.coreos.com/")
+
+
 @pytest.mark.parametrize("version", [K8S_VERSION, kubernetes_validate.latest_version()])
 @pytest.mark.parametrize("file,doc", [(f, d) for f, d in k8s_documents()
-                                      if not d["apiVersion"].startswith(("keda.sh/", "kustomize.config.k8s.io/"))],
+                                      if not d["apiVersion"].startswith(CUSTOM_API_GROUPS)],
                          ids=lambda v: v if isinstance(v, str) else f"{v['kind']}/{v['metadata']['name']}")
 def test_core_kubernetes_manifests_are_valid_in_strict_mode(file, doc, version):
     kubernetes_validate.validate(doc, version, strict=True)
 
 
 def test_only_known_custom_resources_escape_the_kubernetes_schemas():
-    custom = {d["kind"] for _, d in k8s_documents() if d["apiVersion"].startswith(("keda.sh/", "kustomize."))}
-    assert custom == {"ScaledObject", "Kustomization"}
+    custom = {d["kind"] for _, d in k8s_documents() if d["apiVersion"].startswith(CUSTOM_API_GROUPS)}
+    assert custom == {"ScaledObject", "Kustomization", "PrometheusRule", "PodMonitor"}
 
 
 def test_kustomization_lists_every_manifest_but_the_documented_alternatives():
@@ -301,8 +309,12 @@ def test_grace_periods_fit_the_shutdowns_they_wait_for():
     # Workers deregister at once and their engine releases what it holds, so they exit within seconds; the grace
     # period only has to cover that with room for a slow last batch (a SIGKILL after it loses nothing: the
     # sessions have moved, and leftover chunks in the worker's queue are swept by the gateways).
+    # A preStop drain (python -m tasks.drain --wait N) comes first: the grace period covers its wait too.
     for _, d in worker_deployments():
-        assert d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 2 * WORKER_EXIT_SECONDS
+        hook = container(d)["lifecycle"]["preStop"]["exec"]["command"]
+        assert hook[:3] == ["python", "-m", "tasks.drain"], hook
+        wait = float(hook[hook.index("--wait") + 1])
+        assert d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= wait + 2 * WORKER_EXIT_SECONDS
     assert seconds(compose()["services"]["worker"]["stop_grace_period"]) >= 2 * WORKER_EXIT_SECONDS
 
 
@@ -343,11 +355,11 @@ def test_gateway_probes_scrapes_and_ingress_use_routes_the_gateway_serves():
     assert int(url[0]) == gateway_port() and url[1] == READY_PATH
     ingress = k8s("Ingress", "asr-gateway")["spec"]["rules"][0]["http"]["paths"]
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-    scrape = yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
-    for path in [p["path"] for p in ingress] + [annotations["prometheus.io/path"]] + [
-            s["metrics_path"] for s in scrape]:
+    scrape = scrape_config("asr-gateway")
+    for path in [p["path"] for p in ingress] + [annotations["prometheus.io/path"], scrape["metrics_path"]]:
         assert path in gateway_routes(), path
-    assert {sd["port"] for s in scrape for sd in s["dns_sd_configs"]} == {gateway_port()}
+    assert {sd["port"] for sd in scrape["dns_sd_configs"]} == {gateway_port()}
+    assert int(annotations["prometheus.io/port"]) == c["ports"][0]["containerPort"]
     assert f"{gateway_port()}:{gateway_port()}" in compose()["services"]["gateway"]["ports"]
 
 
@@ -393,37 +405,70 @@ def test_autoscaling_target_stays_below_the_per_worker_cap():
 
 # --- metrics ----------------------------------------------------------------------------------------------------------
 
-@functools.cache
-def exposed_series() -> dict[str, set[str]]:
-    """Sample name → label names, for every series the gateway's /metrics can expose."""
+def _collect(registry, instruments) -> dict[str, set[str]]:
+    """Sample name → label names of every series ``registry`` can expose (children made for labelled ones)."""
     from prometheus_client.metrics import MetricWrapperBase
 
-    from app.metrics import GatewayMetrics
-    from app.monitor import Snapshot
-
-    snapshot = Snapshot(taken_at=1.0, redis_error=None, queues={"gpu": 1},
-                        workers={"w@h": {"streams": 1, "stats": {"mean_batch": 1.0, "chunks": 1, "batches": 1}}})
-    metrics = GatewayMetrics(lambda: snapshot, lambda: 1)
-    for instrument in vars(metrics).values():  # a labelled instrument exposes nothing until a child exists
+    for instrument in instruments:  # a labelled instrument exposes nothing until a child exists
         if isinstance(instrument, MetricWrapperBase) and instrument._labelnames:  # no public accessor
             instrument.labels(*["x"] * len(instrument._labelnames))
     series: dict[str, set[str]] = {}
-    for family in metrics.registry.collect():
+    for family in registry.collect():
         labels = set().union(*(s.labels for s in family.samples)) - {"le"}
-        for suffix in SUFFIXES[family.type]:  # KeyError: a new metric type in app/metrics.py, add it there
+        for suffix in SUFFIXES[family.type]:  # KeyError: a new metric type in a metrics module, add it there
             series[family.name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
     return series
 
 
-SUFFIXES = {"gauge": ("",), "counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created")}
-TARGET_LABELS = {"instance", "job", "namespace", "pod"}  # added by Prometheus's scrape, not by the gateway
+@functools.cache
+def gateway_series() -> dict[str, set[str]]:
+    """Every series a gateway's /metrics can expose."""
+    from app.metrics import GatewayMetrics
+    from app.monitor import Snapshot
+
+    snapshot = Snapshot(taken_at=1.0, redis_error=None, queues={"gpu": 1},
+                        workers={"w@h": {"streams": 1, "stats": {"chunks": 1, "batches": 1, "failures": 0}}})
+    metrics = GatewayMetrics(lambda: snapshot, lambda: 1)
+    return _collect(metrics.registry, vars(metrics).values())
+
+
+@functools.cache
+def worker_series() -> dict[str, set[str]]:
+    """Every series a worker's metrics port can expose."""
+    from tasks.metrics import WorkerMetrics
+
+    metrics = WorkerMetrics({"worker": "w@h", "queue": "gpu.w@h", "device": "cpu", "version": "0"},
+                            health=lambda: "ok", streams=lambda: 0)
+    return _collect(metrics.registry, vars(metrics).values())
+
+
+def exposed_series() -> dict[str, set[str]]:
+    """Gateways' and workers' series, plus ``up``, which Prometheus writes for every target."""
+    return {**gateway_series(), **worker_series(), "up": set()}
+
+
+SUFFIXES = {"gauge": ("",), "counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created"),
+            "info": ("_info",)}
+TARGET_LABELS = {"instance", "job", "namespace", "pod"}  # added by Prometheus's scrape, not by the services
+
+
+def test_gateway_and_worker_metric_names_do_not_collide():
+    shared = set(gateway_series()) & set(worker_series())
+    assert shared <= {n for n in shared if n.startswith(("process_", "python_"))}, shared
+    assert {"process_resident_memory_bytes", "asr_build_info"} <= set(gateway_series())
+    assert {"process_resident_memory_bytes", "asr_engine_info"} <= set(worker_series())
+
+
+def alert_rules() -> list[dict]:
+    return [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]
 
 
 def promql() -> list[tuple[str, str]]:
     dashboard = json.loads(DASHBOARD.read_text())
     queries = [(p["title"], t["expr"]) for p in dashboard["panels"] for t in p.get("targets", [])]
     (so,) = [d for _, d in k8s_documents() if d["kind"] == "ScaledObject"]
-    return queries + [(f"keda {t.get('name', t['type'])}", t["metadata"]["query"]) for t in so["spec"]["triggers"]]
+    queries += [(f"keda {t.get('name', t['type'])}", t["metadata"]["query"]) for t in so["spec"]["triggers"]]
+    return queries + [(f"alert {r['alert']}", r["expr"]) for r in alert_rules()]
 
 
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
@@ -444,7 +489,7 @@ def test_metric_names_are_found_in_promql():
 
 
 @pytest.mark.parametrize("where,expr", promql(), ids=lambda v: v if " " not in v else v[:40])
-def test_queries_name_metrics_and_labels_the_gateway_exposes(where, expr):
+def test_queries_name_metrics_and_labels_the_services_expose(where, expr):
     series = exposed_series()
     names = metric_names(expr)
     assert names and names <= set(series), f"{where}: unknown {names - set(series)}"
@@ -455,6 +500,12 @@ def test_queries_name_metrics_and_labels_the_gateway_exposes(where, expr):
     assert labels <= known, f"{where}: labels {labels - known} are on none of {sorted(names)}"
 
 
+def test_the_renamed_and_dropped_metrics_are_gone_everywhere():
+    gone = {"asr_sessions_total", "asr_worker_mean_batch"}  # now asr_sessions_admitted_total; a counters' ratio
+    assert not gone & set(exposed_series())
+    assert not any(gone & metric_names(expr) for _, expr in promql())
+
+
 def test_the_dashboard_uses_the_provisioned_data_source():
     provisioned = yaml.safe_load((DOCKER / "grafana" / "provisioning" / "datasources" / "prometheus.yaml")
                                  .read_text())["datasources"]
@@ -462,6 +513,94 @@ def test_the_dashboard_uses_the_provisioned_data_source():
     dashboard = json.loads(DASHBOARD.read_text())
     used = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p.get("targets", [])}
     assert used == uids
+
+
+# --- scraping and alerting ----------------------------------------------------------------------------------------
+
+def scrape_config(job: str) -> dict:
+    (found,) = [s for s in yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())["scrape_configs"]
+                if s["job_name"] == job]
+    return found
+
+
+def test_prometheus_scrapes_every_worker_container_on_its_metrics_port():
+    scrape = scrape_config("asr-worker")
+    assert [sd["names"] for sd in scrape["dns_sd_configs"]] == [["worker"]], "the compose service's DNS name"
+    assert {sd["port"] for sd in scrape["dns_sd_configs"]} == {WORKER_METRICS_PORT}
+    for where in (compose_env("worker"), {k: interpolate(v) for k, v in
+                                          compose()["services"]["worker"]["environment"].items()}):
+        settings = settings_of(where)
+        assert settings.worker_metrics_port == WORKER_METRICS_PORT and settings.worker_metrics_addr == "0.0.0.0"
+    assert str(WORKER_METRICS_PORT) in compose()["services"]["worker"]["expose"]
+    assert not any(str(WORKER_METRICS_PORT) in str(p) for p in compose()["services"]["worker"].get("ports", []))
+
+
+@pytest.mark.parametrize("file", ["worker.yaml", "worker-gpu.yaml"])
+def test_kubernetes_workers_expose_their_metrics_port_to_pod_discovery(file):
+    deployment = k8s("Deployment", "asr-worker", file)
+    settings = settings_of(k8s_env(deployment))
+    assert settings.worker_metrics_port == WORKER_METRICS_PORT and settings.worker_metrics_addr == "0.0.0.0"
+    assert {"name": "metrics", "containerPort": WORKER_METRICS_PORT} in container(deployment)["ports"]
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == WORKER_METRICS_PORT
+
+
+def test_compose_prometheus_loads_the_alert_rules_it_mounts():
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    assert config["rule_files"] == [ALERTS.name], "relative to prometheus.yml, as promtool resolves it"
+    mounts = compose()["services"]["prometheus"]["volumes"]
+    assert f"./prometheus/{ALERTS.name}:/etc/prometheus/{ALERTS.name}:ro" in mounts
+    assert "./prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in mounts
+
+
+REQUIRED_ALERTS = {"AsrNoWorkers", "AsrQueueGrowing", "AsrChunkLatencyHigh", "AsrSessionsRefused",
+                   "AsrEngineFailures", "AsrWorkerEngineNotOk"}
+CHUNK_SECONDS = 0.6  # chunk_size[1] = 10 frames of 60 ms: the default chunk (bench/client.py)
+
+
+def test_alert_rules_cover_the_failures_operators_must_hear_about():
+    rules = {r["alert"]: r for r in alert_rules()}
+    assert REQUIRED_ALERTS <= set(rules)
+    assert all(r["labels"]["severity"] in ("warning", "critical") and r["annotations"]["summary"]
+               for r in rules.values())
+    latency = rules["AsrChunkLatencyHigh"]
+    assert "asr_chunk_latency_seconds_bucket" in latency["expr"] and latency["for"] == "5m"
+    assert float(latency["expr"].rsplit(">", 1)[1]) == CHUNK_SECONDS
+
+
+def test_the_prometheus_rule_carries_the_same_groups_as_alerts_yml():
+    rule = k8s("PrometheusRule", "funasr-stream", "prometheusrule.yaml")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1" and set(rule["spec"]) == {"groups"}
+    assert rule["spec"] == yaml.safe_load(ALERTS.read_text())
+
+
+def promtool(*args: str | Path) -> subprocess.CompletedProcess:
+    binary = shutil.which("promtool")
+    if binary is None:
+        pytest.skip("promtool is not installed (Debian: apt-get install prometheus; scripts/browser-deps.sh does)")
+    return subprocess.run([binary, *map(str, args)], check=False, capture_output=True, text=True, timeout=60)
+
+
+def test_promtool_accepts_the_prometheus_config_and_its_rule_files():
+    result = promtool("check", "config", PROMETHEUS / "prometheus.yml")  # also checks the rule_files it names
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 rule files found" in result.stdout + result.stderr
+
+
+def test_promtool_accepts_the_prometheus_rule_groups(tmp_path):
+    rules = tmp_path / "prometheusrule-groups.yml"
+    rules.write_text(yaml.safe_dump(k8s("PrometheusRule", "funasr-stream")["spec"]))
+    result = promtool("check", "rules", rules)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alert_rule_unit_tests_pass():
+    tests = yaml.safe_load((PROMETHEUS / "alerts_test.yml").read_text())
+    tested = {t["alertname"] for case in tests["tests"] for t in case.get("alert_rule_test", [])}
+    assert len(tested & REQUIRED_ALERTS) >= 2, tested
+    result = promtool("test", "rules", PROMETHEUS / "alerts_test.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 # --- image ---------------------------------------------------------------------------------------------------------
