@@ -1,4 +1,9 @@
-"""The ``/ws`` WebSocket endpoint: admission before the handshake, then one SessionHandler per connection."""
+"""The WebSocket endpoints, ``/ws`` and ``/``: admission before the handshake, then one SessionHandler each.
+
+FunASR's own clients (Python, html5, C++) connect at the root path, so a WebSocket upgrade on ``/`` is a session
+exactly as on ``/ws``; a plain ``GET /`` still serves the page (app.api): Werkzeug routes upgrades and plain
+requests to different rules.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ bp = Blueprint("ws", __name__)
 sock = Sock()
 
 WS_PATH = "/ws"
+WS_PATHS = (WS_PATH, "/")  # "/": where FunASR's clients connect
 SEND_BUFFER_BYTES = 64 << 10  # SO_SNDBUF per WebSocket (Linux doubles it): results are small, 64 KiB is plenty
 
 
@@ -32,7 +38,7 @@ def _admission():
     A refusal is a plain HTTP error with a JSON body (and Retry-After for 503), never an accepted session that
     would fail later.
     """
-    if request.path != WS_PATH:
+    if request.path not in WS_PATHS or request.headers.get("Upgrade", "").lower() != "websocket":
         return None
     svc = services()
     refusal = refusal_for(svc, request, room=True)
@@ -80,7 +86,6 @@ def _release_lease(_exc) -> None:
         services().dispatcher.release(lease[0])
 
 
-@sock.route(WS_PATH, bp=bp)
 def transcribe(ws) -> None:
     svc = services()
     session_id, worker = g.asr_lease
@@ -92,6 +97,11 @@ def transcribe(ws) -> None:
     svc.sessions.add(session_id, handler.client)
     svc.metrics.sessions.inc()
     handler.run()
+
+
+# flask-sock's decorator returns nothing, so the one view is registered on each path by calling it.
+sock.route(WS_PATH, bp=bp)(transcribe)
+sock.route("/", bp=bp, endpoint="transcribe_root")(transcribe)
 
 
 def init_app(app: Flask) -> None:

@@ -330,7 +330,7 @@ def gateway_routes() -> set[str]:
 
     app = Flask("routes")
     app.register_blueprint(api.bp)
-    return {rule.rule for rule in app.url_map.iter_rules()} | {ws.WS_PATH}
+    return {rule.rule for rule in app.url_map.iter_rules()} | set(ws.WS_PATHS)
 
 
 def gateway_port() -> int:

@@ -84,3 +84,15 @@ def test_utterances_in_one_session_each_end_with_a_final(stack, tiny_model):
     got = run(two_utterances())
 
     assert got == ["".join(reference.chunk_texts(str(tiny_model), pcm)) for pcm in (first, second)]
+
+
+def test_funasr_clients_connect_at_the_root_path_and_the_page_is_still_served_there(stack, tiny_model):
+    import urllib.request
+
+    pcm = audio.noise(2.0, seed=410)
+    root = stack.url.removesuffix("/ws") + "/"
+    record = asyncio.run(StreamClient(root, config={"wav_name": "root"}, pace=0).run(pcm))
+    assert record.error is None and not record.errors
+    assert record.texts == [t for t in reference.chunk_texts(str(tiny_model), pcm) if t]
+    with urllib.request.urlopen(stack.http + "/", timeout=5) as response:
+        assert response.status == 200 and b"<html" in response.read().lower()
