@@ -99,10 +99,12 @@ class Settings:
         0, "Concurrent sessions one client address may hold, across all gateway processes; 0 = no limit"
     )
     api_token: str = _setting(
-        "", "If set, /ws, /api/* and /metrics require it as 'Authorization: Bearer …' (any case) or ?token=…; "
-        "/healthz then tells anonymous callers only its status"
+        "", "If set, the WebSocket (/ws and /), /api/* and /metrics require it as 'Authorization: Bearer …' "
+        "(any case) or ?token=…; /healthz then tells anonymous callers only its status"
     )
-    allowed_origins: str = _setting("", "Comma-separated Origin values allowed on /ws; empty allows any")
+    allowed_origins: str = _setting(
+        "", "Comma-separated Origin values allowed on the WebSocket (/ws and /); empty allows any"
+    )
 
     # --- capacity and admission -----------------------------------------------------------------------------------
     max_pending: int = _setting(5000, "New sessions are refused (503) while more chunk tasks than this wait")
