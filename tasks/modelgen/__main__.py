@@ -1,0 +1,5 @@
+"""``python -m tasks.modelgen``: see the package docstring."""
+
+from tasks.modelgen import main
+
+main()
