@@ -25,7 +25,7 @@ class Outbox:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
-        self._items: deque[str | CloseFrame | None] = deque()
+        self._items: deque[tuple[str, int] | CloseFrame | None] = deque()  # (message, its UTF-8 size)
         self._cond = threading.Condition()
         self._closed = False
 
@@ -39,7 +39,7 @@ class Outbox:
             size = len(text.encode("utf-8", "surrogatepass"))
             if self.bytes + size > self.max_bytes and self._items:
                 return False
-            self._items.append(text)
+            self._items.append((text, size))
             self.bytes += size
             self._cond.notify()
             return True
@@ -58,6 +58,8 @@ class Outbox:
             while not self._items:
                 self._cond.wait()
             item = self._items.popleft()
-            if isinstance(item, str):
-                self.bytes -= len(item.encode("utf-8", "surrogatepass"))
+            if isinstance(item, tuple):
+                text, size = item
+                self.bytes -= size
+                return text
             return item

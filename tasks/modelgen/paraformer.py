@@ -37,6 +37,25 @@ SIZES = {
 }  # fmt: skip
 
 
+def _sanm_encoder_conf(size: Size, input_layer: str) -> dict:
+    """The SANM encoder settings both Paraformers share (streaming adds its chunking on top)."""
+    return {
+        "output_size": size.d_model,
+        "attention_heads": size.heads,
+        "linear_units": size.ffn,
+        "num_blocks": size.encoder_blocks,
+        "dropout_rate": 0.1,
+        "positional_dropout_rate": 0.1,
+        "attention_dropout_rate": 0.1,
+        "input_layer": input_layer,
+        "pos_enc_class": "SinusoidalPositionEncoder",
+        "normalize_before": True,
+        "kernel_size": 11,
+        "sanm_shfit": 0,
+        "selfattention_layer_type": "sanm",
+    }
+
+
 def build_config(size: Size) -> dict:
     """The config.yaml of paraformer-zh-streaming, scaled to ``size``."""
     return {
@@ -51,19 +70,7 @@ def build_config(size: Size) -> dict:
         },
         "encoder": "SANMEncoderChunkOpt",
         "encoder_conf": {
-            "output_size": size.d_model,
-            "attention_heads": size.heads,
-            "linear_units": size.ffn,
-            "num_blocks": size.encoder_blocks,
-            "dropout_rate": 0.1,
-            "positional_dropout_rate": 0.1,
-            "attention_dropout_rate": 0.1,
-            "input_layer": "pe_online",
-            "pos_enc_class": "SinusoidalPositionEncoder",
-            "normalize_before": True,
-            "kernel_size": 11,
-            "sanm_shfit": 0,
-            "selfattention_layer_type": "sanm",
+            **_sanm_encoder_conf(size, "pe_online"),
             "chunk_size": [12, 15],
             "stride": [8, 10],
             "pad_left": [0, 0],
@@ -159,21 +166,7 @@ def build_offline_config(size: Size) -> dict:
             },
         },
         "encoder": "SANMEncoder",
-        "encoder_conf": {
-            "output_size": size.d_model,
-            "attention_heads": size.heads,
-            "linear_units": size.ffn,
-            "num_blocks": size.encoder_blocks,
-            "dropout_rate": 0.1,
-            "positional_dropout_rate": 0.1,
-            "attention_dropout_rate": 0.1,
-            "input_layer": "pe",
-            "pos_enc_class": "SinusoidalPositionEncoder",
-            "normalize_before": True,
-            "kernel_size": 11,
-            "sanm_shfit": 0,
-            "selfattention_layer_type": "sanm",
-        },
+        "encoder_conf": _sanm_encoder_conf(size, "pe"),
         "decoder": "ParaformerSANMDecoder",
         "decoder_conf": {
             **decoder_common,
