@@ -9,8 +9,9 @@ test:           ## install and run the tests (needs nothing but Python 3.10+ and
 install:
 	scripts/install.sh --dev
 
-lint:           ## ruff (ruff.toml) and mypy on app/ tasks/ config/ (setup.cfg)
+lint:           ## ruff check and format (ruff.toml), and mypy on app/ tasks/ config/ (setup.cfg)
 	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 	.venv/bin/mypy
 
 bench-model:    ## batched vs unbatched throughput of the full-size model

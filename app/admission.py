@@ -74,15 +74,27 @@ def capacity_refusal(settings: Settings, snapshot: Snapshot, room: bool) -> Refu
     if not snapshot.workers:
         return Refusal(503, "no_worker", "no recognition worker is running", retry)
     if snapshot.pending > settings.max_pending:
-        return Refusal(503, "overloaded",
-                       f"{snapshot.pending} chunks are waiting (limit {settings.max_pending}); try again later", retry)
+        return Refusal(
+            503,
+            "overloaded",
+            f"{snapshot.pending} chunks are waiting (limit {settings.max_pending}); try again later",
+            retry,
+        )
     if not room:
         return Refusal(503, "at_capacity", "every worker is serving its maximum number of streams", retry)
     return None
 
 
-def admit(settings: Settings, snapshot: Snapshot, *, room: bool, client_sessions: int,
-          auth_header: str | None, query_token: str | None, origin: str | None) -> Refusal | None:
+def admit(
+    settings: Settings,
+    snapshot: Snapshot,
+    *,
+    room: bool,
+    client_sessions: int,
+    auth_header: str | None,
+    query_token: str | None,
+    origin: str | None,
+) -> Refusal | None:
     """The first reason to refuse a new session, or None to admit it."""
     if not token_ok(settings, auth_header, query_token):
         return UNAUTHORIZED
@@ -104,9 +116,11 @@ def refusal_for(svc: Services, request: Request, *, room: bool | None = None) ->
     if room is None:
         room = any(svc.dispatcher.has_room(w, info) for w, info in snapshot.workers.items())
     return admit(
-        svc.settings, snapshot,
+        svc.settings,
+        snapshot,
         room=room,
         client_sessions=svc.sessions.count(request.remote_addr or ""),
-        auth_header=request.headers.get("Authorization"), query_token=request.args.get("token"),
+        auth_header=request.headers.get("Authorization"),
+        query_token=request.args.get("token"),
         origin=request.headers.get("Origin"),
     )

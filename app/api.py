@@ -53,13 +53,15 @@ def healthz():
     if not authorized(svc):
         return jsonify(body), code
     default_model = any(w.get("model_is_default") for w in snapshot.workers.values())
-    body.update({
-        "redis": {"ok": snapshot.redis_ok, "error": snapshot.redis_error},
-        "workers": len(snapshot.workers),
-        "models": sorted({str(w.get("model")) for w in snapshot.workers.values()}),
-        "default_model": default_model,
-        "warnings": [DEFAULT_MODEL_WARNING] if default_model else [],
-    })
+    body.update(
+        {
+            "redis": {"ok": snapshot.redis_ok, "error": snapshot.redis_error},
+            "workers": len(snapshot.workers),
+            "models": sorted({str(w.get("model")) for w in snapshot.workers.values()}),
+            "default_model": default_model,
+            "warnings": [DEFAULT_MODEL_WARNING] if default_model else [],
+        }
+    )
     return jsonify(body), code
 
 
@@ -94,9 +96,12 @@ def admission():
     if not authorized(svc):
         return unauthorized({"admitting": False, "refusal": UNAUTHORIZED.body()})
     refusal = refusal_for(svc, request)
-    body = {"admitting": refusal is None, "pending": svc.monitor.snapshot.pending,
-            "refusal": refusal.body() if refusal else None,
-            "retry_after": refusal.retry_after if refusal else None}
+    body = {
+        "admitting": refusal is None,
+        "pending": svc.monitor.snapshot.pending,
+        "refusal": refusal.body() if refusal else None,
+        "retry_after": refusal.retry_after if refusal else None,
+    }
     return jsonify(body), 200 if refusal is None else refusal.status
 
 
@@ -128,23 +133,35 @@ def queue_state():
     room = any(svc.dispatcher.has_room(w, info) for w, info in snapshot.workers.items())
     refusal = capacity_refusal(svc.settings, snapshot, room)
     workers = [
-        {"id": w, "hostname": info.get("hostname"), "pid": info.get("pid"), "queue": info.get("queue"),
-         "pending": snapshot.queues.get(info.get("queue", ""), 0), "leases": snapshot.leases.get(w, 0),
-         "streams": info.get("streams", 0), "max_streams": info.get("max_streams", 0),
-         "concurrency": info.get("concurrency"), "pool": info.get("pool"), "draining": info.get("draining", False),
-         "recognizer": info.get("recognizer"),
-         "device": info.get("device"), "stats": info.get("stats", {})}
+        {
+            "id": w,
+            "hostname": info.get("hostname"),
+            "pid": info.get("pid"),
+            "queue": info.get("queue"),
+            "pending": snapshot.queues.get(info.get("queue", ""), 0),
+            "leases": snapshot.leases.get(w, 0),
+            "streams": info.get("streams", 0),
+            "max_streams": info.get("max_streams", 0),
+            "concurrency": info.get("concurrency"),
+            "pool": info.get("pool"),
+            "draining": info.get("draining", False),
+            "recognizer": info.get("recognizer"),
+            "device": info.get("device"),
+            "stats": info.get("stats", {}),
+        }
         for w, info in sorted(snapshot.workers.items())
     ]
-    return jsonify({
-        "pending": snapshot.pending,
-        "queues": snapshot.queues,
-        "workers": workers,
-        "streams": snapshot.streams(),
-        "gateway_sessions": svc.sessions.count(),
-        "gateway_pid": os.getpid(),
-        "max_pending": svc.settings.max_pending,
-        "admitting": refusal is None,
-        "refusal": refusal.body() if refusal else None,
-        "sampled_at": snapshot.taken_at,
-    })
+    return jsonify(
+        {
+            "pending": snapshot.pending,
+            "queues": snapshot.queues,
+            "workers": workers,
+            "streams": snapshot.streams(),
+            "gateway_sessions": svc.sessions.count(),
+            "gateway_pid": os.getpid(),
+            "max_pending": svc.settings.max_pending,
+            "admitting": refusal is None,
+            "refusal": refusal.body() if refusal else None,
+            "sampled_at": snapshot.taken_at,
+        }
+    )

@@ -30,19 +30,21 @@ class Chunker:
         if len(frame) > self.max_frame_bytes:
             raise ProtocolError(
                 f"binary frame of {len(frame)} bytes exceeds the {self.max_frame_bytes}-byte limit",
-                code="frame_too_large", close_code=CLOSE_TOO_BIG,
+                code="frame_too_large",
+                close_code=CLOSE_TOO_BIG,
             )
         if len(frame) % 2:
             raise ProtocolError(
                 f"binary frame of {len(frame)} bytes is not whole 16-bit samples",
-                code="odd_frame", close_code=CLOSE_INVALID_PAYLOAD,
+                code="odd_frame",
+                close_code=CLOSE_INVALID_PAYLOAD,
             )
         self.bytes_accepted += len(frame)
         self._buffer += frame
         if len(self._buffer) < self.chunk_bytes:
             return []
         whole = len(self._buffer) - len(self._buffer) % self.chunk_bytes
-        chunks = [bytes(self._buffer[i:i + self.chunk_bytes]) for i in range(0, whole, self.chunk_bytes)]
+        chunks = [bytes(self._buffer[i : i + self.chunk_bytes]) for i in range(0, whole, self.chunk_bytes)]
         del self._buffer[:whole]
         return chunks
 

@@ -75,8 +75,9 @@ class Dispatcher:
         """
         snapshot = self.monitor.snapshot
         if not snapshot.workers:
-            raise AdmissionRefused("no recognition worker is running", code="no_worker",
-                                   retry_after=self.settings.retry_after)
+            raise AdmissionRefused(
+                "no recognition worker is running", code="no_worker", retry_after=self.settings.retry_after
+            )
         candidates = {w: info for w, info in snapshot.workers.items() if not info.get("draining")}
         if not candidates and not require_room:
             candidates = dict(snapshot.workers)
@@ -100,8 +101,11 @@ class Dispatcher:
                 return worker_id
             with self._lock:
                 self._add_recent(worker_id, snapshot, -1)
-        raise AdmissionRefused("every worker is serving its maximum number of streams (or draining)",
-                               code="at_capacity", retry_after=self.settings.retry_after)
+        raise AdmissionRefused(
+            "every worker is serving its maximum number of streams (or draining)",
+            code="at_capacity",
+            retry_after=self.settings.retry_after,
+        )
 
     def move(self, session_id: str) -> str:
         """Release the session's worker lease and lease a slot on the least-loaded live worker, full or not."""
@@ -124,9 +128,13 @@ class Dispatcher:
         """Send chunk tasks to a worker's private queue, in order; ``on_failure`` runs if they cannot be sent."""
         queue = self.queue_for(worker_id)
         for job in jobs:
-            message = self.publisher.message(wire.TASK_CHUNK, (job.to_wire(),), queue=queue,
-                                             expires=self.settings.chunk_task_expires,
-                                             argsrepr=f"{job.stream}#{job.seq}")
+            message = self.publisher.message(
+                wire.TASK_CHUNK,
+                (job.to_wire(),),
+                queue=queue,
+                expires=self.settings.chunk_task_expires,
+                argsrepr=f"{job.stream}#{job.seq}",
+            )
             self.publisher.enqueue(queue, message, on_failure)
 
     def close_stream(self, stream: str, worker_id: str) -> None:

@@ -53,9 +53,14 @@ class SessionHandler:
         self.id = session_id
         settings = services.settings
         self.session = Session(
-            session_id, worker, channel=services.keys.result_channel(session_id), limits=services.limits,
-            now=time.time(), budget=services.replay_budget,
-            encoder_look_back=settings.encoder_chunk_look_back, decoder_look_back=settings.decoder_chunk_look_back,
+            session_id,
+            worker,
+            channel=services.keys.result_channel(session_id),
+            limits=services.limits,
+            now=time.time(),
+            budget=services.replay_budget,
+            encoder_look_back=settings.encoder_chunk_look_back,
+            decoder_look_back=settings.decoder_chunk_look_back,
         )
         self.outbox = Outbox(services.limits.max_outbox_bytes)
         self._lock = threading.Lock()
@@ -112,8 +117,14 @@ class SessionHandler:
                     configuring = self.session.config is None
                     actions = self.session.on_message(message, time.time())
                 if configuring and self.session.config is not None:
-                    logger.info("session %s (%s, %s) on worker %s", self.id, self.client,
-                                printable(self.session.config.wav_name), self.session.worker, extra=self._fields())
+                    logger.info(
+                        "session %s (%s, %s) on worker %s",
+                        self.id,
+                        self.client,
+                        printable(self.session.config.wav_name),
+                        self.session.worker,
+                        extra=self._fields(),
+                    )
                 self._perform(actions)
                 handled += 1
                 if handled % YIELD_EVERY == 0:
@@ -173,8 +184,14 @@ class SessionHandler:
         with self._lock:
             actions = self.session.moved(worker)
         submitted = sum(len(a.jobs) for a in actions if isinstance(a, Submit))
-        logger.info("session %s: replaying %d chunk(s) on %s (was %s)", self.id, submitted, worker, current,
-                    extra=self._fields())
+        logger.info(
+            "session %s: replaying %d chunk(s) on %s (was %s)",
+            self.id,
+            submitted,
+            worker,
+            current,
+            extra=self._fields(),
+        )
         self.services.metrics.replays.inc()
         self._perform(actions)
 
@@ -183,8 +200,13 @@ class SessionHandler:
         with self._lock:
             self.session.end(reason)
             self._aborted = True
-        logger.info("session %s: client %s is %d bytes behind; disconnecting", self.id, self.client,
-                    self.outbox.bytes, extra=self._fields())
+        logger.info(
+            "session %s: client %s is %d bytes behind; disconnecting",
+            self.id,
+            self.client,
+            self.outbox.bytes,
+            extra=self._fields(),
+        )
         self.outbox.close()
         self.ws.connected = False
         try:
@@ -196,14 +218,22 @@ class SessionHandler:
     def _log_close(self, action: Close) -> None:
         config = self.session.config
         name = printable(config.wav_name) if config else "-"
-        logger.info("session %s (%s, %s) closing: %s (%d)", self.id, self.client, name, action.reason, action.code,
-                    extra=self._fields())
+        logger.info(
+            "session %s (%s, %s) closing: %s (%d)",
+            self.id,
+            self.client,
+            name,
+            action.reason,
+            action.code,
+            extra=self._fields(),
+        )
 
     def _fields(self) -> dict:
         """This session's structured log fields (JSON keys; the text format shows the message only)."""
         stream = self.session.stream
-        return fields(session=self.id, worker=self.session.worker, stream=stream.stream if stream else None,
-                      client=self.client)
+        return fields(
+            session=self.id, worker=self.session.worker, stream=stream.stream if stream else None, client=self.client
+        )
 
     # --- callbacks from other threads -----------------------------------------------------------------------------
     def _on_result(self, result: ChunkResult) -> None:

@@ -110,13 +110,13 @@ class Leases:
 
     def _take(self, key: str, session_id: str, limit: int) -> bool:
         with self._lock:
-            granted = self._reserve(keys=[key, self.marker],
-                                    args=[session_id, limit, self.lease_seconds, len(self._held)])
+            granted = self._reserve(
+                keys=[key, self.marker], args=[session_id, limit, self.lease_seconds, len(self._held)]
+            )
             if granted == -1:  # Redis lost our leases (restart, failover): put them back, then decide
                 logger.warning("Redis lost this gateway's %d lease(s); re-creating them", len(self._held))
                 self._renew_held()
-                granted = self._reserve(keys=[key, self.marker],
-                                        args=[session_id, limit, self.lease_seconds, 0])
+                granted = self._reserve(keys=[key, self.marker], args=[session_id, limit, self.lease_seconds, 0])
             if granted == 1:
                 self._held.setdefault(session_id, set()).add(key)
         return granted == 1

@@ -101,13 +101,19 @@ class FrameGuard:
     def frame(self, *, text: bool, message_bytes: int, now: float) -> Violation | None:
         """One frame of a message of which ``message_bytes`` have arrived so far; a Violation ends the session."""
         if self.bucket is not None and not self.bucket.take(now):
-            return Violation("rate_limited", f"more than {self.limits.max_messages_per_second:.0f} WebSocket "
-                                             "messages per second", 1008)
+            return Violation(
+                "rate_limited",
+                f"more than {self.limits.max_messages_per_second:.0f} WebSocket messages per second",
+                1008,
+            )
         limit = self.limits.max_text_bytes if text else self.limits.max_frame_bytes
         if message_bytes > limit:
             kind = "text message" if text else "binary frame"
-            return Violation("message_too_big" if text else "frame_too_large",
-                             f"{kind} of more than {limit} bytes; the limit is {limit}", 1009)
+            return Violation(
+                "message_too_big" if text else "frame_too_large",
+                f"{kind} of more than {limit} bytes; the limit is {limit}",
+                1009,
+            )
         return None
 
 

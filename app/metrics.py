@@ -53,8 +53,11 @@ class _BackendCollector(Collector):
         streams = GaugeMetricFamily("asr_worker_streams", "Open streams per worker", labels=["worker"])
         chunks = CounterMetricFamily("asr_worker_chunks", "Chunks recognized per worker", labels=["worker"])
         batches = CounterMetricFamily("asr_worker_batches", "Forward passes per worker", labels=["worker"])
-        failures = CounterMetricFamily("asr_worker_failures", "Chunks failed per worker (by code: the worker's own "
-                                       "asr_engine_failures_total)", labels=["worker"])
+        failures = CounterMetricFamily(
+            "asr_worker_failures",
+            "Chunks failed per worker (by code: the worker's own asr_engine_failures_total)",
+            labels=["worker"],
+        )
         for worker, info in snap.workers.items():
             stats = info.get("stats") or {}
             streams.add_metric([worker], info.get("streams", 0))
@@ -77,11 +80,16 @@ class GatewayMetrics:
         Info("asr_build", "This gateway's build", registry=self.registry).info({"version": package_version()})
         # Counted once a session passed admission (app.ws); refused ones are asr_sessions_refused_total.
         self.sessions = Counter("asr_sessions_admitted", "Sessions admitted", registry=self.registry)
-        self.refused = Counter("asr_sessions_refused", "Sessions refused before the handshake", ["code"],
-                               registry=self.registry)
+        self.refused = Counter(
+            "asr_sessions_refused", "Sessions refused before the handshake", ["code"], registry=self.registry
+        )
         self.ended = Counter("asr_sessions_ended", "Sessions ended, by how", ["reason"], registry=self.registry)
         self.chunks = Counter("asr_chunks_submitted", "Chunk tasks submitted", registry=self.registry)
         self.replays = Counter("asr_replays", "Sessions replayed on another worker", registry=self.registry)
-        self.latency = Histogram("asr_chunk_latency_seconds", "Chunk submission to result relayed to the client",
-                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.latency = Histogram(
+            "asr_chunk_latency_seconds",
+            "Chunk submission to result relayed to the client",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(_BackendCollector(snapshot, sessions))

@@ -57,8 +57,9 @@ class Snapshot:
 class Monitor:
     """Samples Redis in a background thread; :attr:`snapshot` is always the latest sample."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, leases: Leases, base_queue: str,
-                 interval: float = 0.25) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, leases: Leases, base_queue: str, interval: float = 0.25
+    ) -> None:
         self.client = client
         self.leases = leases
         self.keys = keys
@@ -129,7 +130,7 @@ class Monitor:
                 pipe.llen(key)
         lengths = pipe.execute()
         steps = len(wire.PRIORITY_STEPS)
-        return {q: sum(lengths[i * steps:(i + 1) * steps]) for i, q in enumerate(queues)}
+        return {q: sum(lengths[i * steps : (i + 1) * steps]) for i, q in enumerate(queues)}
 
     def _sweep_orphans(self, live: set[str]) -> None:
         """Delete private queues of workers that are not alive.
@@ -143,7 +144,7 @@ class Monitor:
             orphans = []
             for key in self.client.scan_iter(match=pattern, count=1000):
                 name = key.decode() if isinstance(key, bytes) else key
-                if name[len(prefix):].split(wire.PRIORITY_SEP)[0] not in live:
+                if name[len(prefix) :].split(wire.PRIORITY_SEP)[0] not in live:
                     orphans.append(name)
             if orphans:
                 self.client.delete(*orphans)

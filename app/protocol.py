@@ -34,13 +34,29 @@ CLOSE_INTERNAL = 1011
 CLOSE_TRY_LATER = 1013
 
 #: Every field FunASR's clients (Python, JS, C++, Java) send in their first message.
-KNOWN_FIELDS = frozenset({
-    "mode", "chunk_size", "chunk_interval", "wav_name", "wav_format", "audio_fs", "is_speaking", "hotwords",
-    "hotword", "itn", "encoder_chunk_look_back", "decoder_chunk_look_back", "svs_lang", "svs_itn", "is_end",
-    # This service's extensions: queue_status=false turns off queue_status pushes for strict old clients;
-    # timing=true adds a per-chunk latency breakdown to each result (for load testing).
-    "queue_status", "timing",
-})
+KNOWN_FIELDS = frozenset(
+    {
+        "mode",
+        "chunk_size",
+        "chunk_interval",
+        "wav_name",
+        "wav_format",
+        "audio_fs",
+        "is_speaking",
+        "hotwords",
+        "hotword",
+        "itn",
+        "encoder_chunk_look_back",
+        "decoder_chunk_look_back",
+        "svs_lang",
+        "svs_itn",
+        "is_end",
+        # This service's extensions: queue_status=false turns off queue_status pushes for strict old clients;
+        # timing=true adds a per-chunk latency breakdown to each result (for load testing).
+        "queue_status",
+        "timing",
+    }
+)
 #: Fields that may come mid-stream without being a second configuration.
 CONTROL_FIELDS = frozenset({"is_speaking", "is_end", "wav_name"})
 
@@ -117,24 +133,31 @@ def _check_mode(data: dict) -> str:
     if mode in PLANNED_MODES:
         raise ProtocolError(
             f"mode {printable(mode, 40)!r} is not available yet; this server supports mode 'online'",
-            code="unsupported_mode", close_code=CLOSE_UNSUPPORTED,
+            code="unsupported_mode",
+            close_code=CLOSE_UNSUPPORTED,
         )
     if mode not in SUPPORTED_MODES:
-        raise ProtocolError(f"unknown mode {printable(mode, 40)!r}; use 'online'", code="unsupported_mode",
-                            close_code=CLOSE_UNSUPPORTED)
+        raise ProtocolError(
+            f"unknown mode {printable(mode, 40)!r}; use 'online'", code="unsupported_mode", close_code=CLOSE_UNSUPPORTED
+        )
     return mode
 
 
 def _check_audio(data: dict) -> tuple[str, int]:
     wav_format = str(data.get("wav_format", "pcm")).lower()
     if wav_format != "pcm":
-        raise ProtocolError(f"wav_format {printable(wav_format, 40)!r} is not supported; send 16-bit PCM and "
-                            "wav_format 'pcm'",
-                            code="unsupported_format", close_code=CLOSE_UNSUPPORTED)
+        raise ProtocolError(
+            f"wav_format {printable(wav_format, 40)!r} is not supported; send 16-bit PCM and wav_format 'pcm'",
+            code="unsupported_format",
+            close_code=CLOSE_UNSUPPORTED,
+        )
     audio_fs = _int(data, "audio_fs", SAMPLE_RATE, 1, 1_000_000)
     if audio_fs != SAMPLE_RATE:
-        raise ProtocolError(f"audio_fs {audio_fs} is not supported; resample to {SAMPLE_RATE} Hz mono",
-                            code="unsupported_sample_rate", close_code=CLOSE_UNSUPPORTED)
+        raise ProtocolError(
+            f"audio_fs {audio_fs} is not supported; resample to {SAMPLE_RATE} Hz mono",
+            code="unsupported_sample_rate",
+            close_code=CLOSE_UNSUPPORTED,
+        )
     return wav_format, audio_fs
 
 
@@ -176,11 +199,13 @@ def parse_control(text: str) -> tuple[bool | None, ProtocolError | None]:
     unknown = set(data) - KNOWN_FIELDS
     warning = None
     if unknown:
-        warning = ProtocolError(f"unknown field(s) ignored: {_names(unknown)}", code="unknown_field",
-                                close_code=None)
+        warning = ProtocolError(f"unknown field(s) ignored: {_names(unknown)}", code="unknown_field", close_code=None)
     if "is_speaking" not in data:
         if warning is None and set(data) - CONTROL_FIELDS:
-            warning = ProtocolError("session is already configured; the new configuration is ignored",
-                                    code="already_configured", close_code=None)
+            warning = ProtocolError(
+                "session is already configured; the new configuration is ignored",
+                code="already_configured",
+                close_code=None,
+            )
         return None, warning
     return _bool(data, "is_speaking", True), warning

@@ -51,18 +51,30 @@ class TaskPublisher:
         self.origin = f"gen{os.getpid()}@{socket.gethostname()}"
         self._outbox: queue.Queue = queue.Queue()
 
-    def message(self, name: str, args: tuple, *, queue: str, expires: float | None = None,
-                argsrepr: str = "") -> bytes:
+    def message(self, name: str, args: tuple, *, queue: str, expires: float | None = None, argsrepr: str = "") -> bytes:
         """The JSON envelope kombu's Redis transport would store for ``send_task(name, args, queue=queue)``."""
         task_id = str(uuid.uuid4())
         expires_at = datetime.now(timezone.utc) + timedelta(seconds=expires) if expires else None
         headers, properties, body, _ = self.celery.amqp.as_task_v2(
-            task_id, name, args=args, kwargs={}, expires=expires_at, argsrepr=argsrepr or f"<{name}>",
-            kwargsrepr="{}", origin=self.origin, ignore_result=True,
+            task_id,
+            name,
+            args=args,
+            kwargs={},
+            expires=expires_at,
+            argsrepr=argsrepr or f"<{name}>",
+            kwargsrepr="{}",
+            origin=self.origin,
+            ignore_result=True,
         )
         content_type, content_encoding, payload = dumps(body, serializer=wire.SERIALIZER)
-        properties = dict(properties, delivery_mode=2, priority=0, body_encoding="base64",
-                          delivery_info={"exchange": "", "routing_key": queue}, delivery_tag=str(uuid.uuid4()))
+        properties = dict(
+            properties,
+            delivery_mode=2,
+            priority=0,
+            body_encoding="base64",
+            delivery_info={"exchange": "", "routing_key": queue},
+            delivery_tag=str(uuid.uuid4()),
+        )
         if expires:
             properties["expiration"] = str(int(expires * 1000))
         envelope: dict[str, Any] = {

@@ -71,8 +71,9 @@ class ResultRouter:
     def stop(self) -> None:
         self._stop.set()
 
-    def subscribe(self, session_id: str, on_result: Callable[[ChunkResult], None],
-                  on_reset: Callable[[], None]) -> None:
+    def subscribe(
+        self, session_id: str, on_result: Callable[[ChunkResult], None], on_reset: Callable[[], None]
+    ) -> None:
         """Route the session's results to ``on_result``. No Redis command: the pattern already covers it."""
         if not session_id.startswith(f"{self.tag}-"):
             raise ValueError(f"session {session_id!r} was not named by this router")

@@ -88,8 +88,19 @@ class Services:
         sessions = SessionTable()
         metrics = GatewayMetrics(lambda: monitor.snapshot, sessions.count)
         budget = ReplayBudget(int(settings.replay_budget_mb * (1 << 20)))
-        return cls(settings, client, celery, keys, monitor, router, dispatcher, sessions, metrics,
-                   Limits.from_settings(settings), budget)
+        return cls(
+            settings,
+            client,
+            celery,
+            keys,
+            monitor,
+            router,
+            dispatcher,
+            sessions,
+            metrics,
+            Limits.from_settings(settings),
+            budget,
+        )
 
     def stop(self) -> None:
         self.monitor.stop()

@@ -47,8 +47,18 @@ class Backend:
 class Session:
     """One session's lifecycle. ``now`` arguments are seconds on one clock (the handler passes time.time())."""
 
-    def __init__(self, session_id: str, worker: str, *, channel: str, limits: Limits, now: float,
-                 budget: ReplayBudget | None = None, encoder_look_back: int = 4, decoder_look_back: int = 1) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        worker: str,
+        *,
+        channel: str,
+        limits: Limits,
+        now: float,
+        budget: ReplayBudget | None = None,
+        encoder_look_back: int = 4,
+        decoder_look_back: int = 1,
+    ) -> None:
         self.id = session_id
         self.worker = worker
         self.channel = channel
@@ -126,8 +136,12 @@ class Session:
             return []
         if self.state == CONFIGURING:
             if now - self.opened_at > self.limits.config_timeout:
-                return self._fail(ProtocolError(f"no configuration message within {self.limits.config_timeout:g} s",
-                                                code="config_timeout"), CLOSE_POLICY)
+                return self._fail(
+                    ProtocolError(
+                        f"no configuration message within {self.limits.config_timeout:g} s", code="config_timeout"
+                    ),
+                    CLOSE_POLICY,
+                )
             return []
         stream = self._stream
         actions: list[Action] = []
@@ -137,15 +151,26 @@ class Session:
             actions.append(Move(self.worker))
         age = stream.oldest_outstanding_age()
         if age > self.limits.chunk_timeout:
-            return self._fail(ServiceError(f"no result for {age:.0f} s; the session cannot go on",
-                                           code="result_timeout"), CLOSE_INTERNAL)
+            return self._fail(
+                ServiceError(f"no result for {age:.0f} s; the session cannot go on", code="result_timeout"),
+                CLOSE_INTERNAL,
+            )
         if stream.config.queue_status:
             actions += self._queue_status(now, backend.pending)
         silent = now - self.last_audio
         if silent > self.limits.idle_timeout and not stream.outstanding:
             self.state, self.end_reason = CLOSED, "idle_timeout"
-            actions += [Send({"type": "closing", "code": "idle_timeout", "message": f"no audio for {silent:.0f} s",
-                              "is_end": True}), Close(1000, "idle timeout")]
+            actions += [
+                Send(
+                    {
+                        "type": "closing",
+                        "code": "idle_timeout",
+                        "message": f"no audio for {silent:.0f} s",
+                        "is_end": True,
+                    }
+                ),
+                Close(1000, "idle timeout"),
+            ]
         return actions
 
     def moved(self, worker: str) -> list[Action]:
@@ -174,11 +199,18 @@ class Session:
 
     def _configure(self, message: str | bytes, now: float) -> list[Action]:
         if not isinstance(message, str):
-            raise ProtocolError("the first message must be the JSON configuration, not audio",
-                                code="audio_before_config")
+            raise ProtocolError(
+                "the first message must be the JSON configuration, not audio", code="audio_before_config"
+            )
         config = parse_config(message, encoder_look_back=self.look_backs[0], decoder_look_back=self.look_backs[1])
-        self.stream = StreamSession(self.id, config, channel=self.channel, max_frame_bytes=self.limits.max_frame_bytes,
-                                    replay_max_bytes=self.limits.replay_max_bytes, budget=self.budget)
+        self.stream = StreamSession(
+            self.id,
+            config,
+            channel=self.channel,
+            max_frame_bytes=self.limits.max_frame_bytes,
+            replay_max_bytes=self.limits.replay_max_bytes,
+            budget=self.budget,
+        )
         self.stream.worker = self.worker
         self.state, self.last_audio = STREAMING, now
         return []

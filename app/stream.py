@@ -96,8 +96,13 @@ class StreamSession:
     def _job(self, audio: bytes, *, final: bool) -> ChunkJob:
         first = not self._in_utterance
         job = ChunkJob(
-            stream=self.stream, seq=self._seq, audio=audio, is_final=final, first=first,
-            options=None if self._options_sent else self._options, channel=self.channel,
+            stream=self.stream,
+            seq=self._seq,
+            audio=audio,
+            is_final=final,
+            first=first,
+            options=None if self._options_sent else self._options,
+            channel=self.channel,
             submitted_at=self.clock(),
         )
         self._options_sent = True
@@ -176,8 +181,13 @@ class StreamSession:
     def _message(self, result: ChunkResult) -> dict | None:
         if not result.text and not result.is_final:
             return None  # FunASR's servers send nothing for a chunk that produced no text
-        message = {"mode": self.config.mode, "text": result.text, "wav_name": self.config.wav_name,
-                   "is_final": result.is_final, "chunk": result.seq}
+        message = {
+            "mode": self.config.mode,
+            "text": result.text,
+            "wav_name": self.config.wav_name,
+            "is_final": result.is_final,
+            "chunk": result.seq,
+        }
         if result.is_final:
             message["is_end"] = True  # FunASR's newer clients wait for this acknowledgement of end of input
         if self.config.timing:
@@ -189,8 +199,12 @@ class StreamSession:
         (result publishing and relaying) up to now; ``total`` counts from the chunk's submission."""
         job = self._kept_job(result.seq)
         total = self.clock() - job.submitted_at if job else None
-        timing = {"wait": result.timing.get("queued"), "compute": result.timing.get("compute"),
-                  "batch": result.timing.get("batch"), "total": round(total, 4) if total is not None else None}
+        timing = {
+            "wait": result.timing.get("queued"),
+            "compute": result.timing.get("compute"),
+            "batch": result.timing.get("batch"),
+            "total": round(total, 4) if total is not None else None,
+        }
         return timing
 
     def _release_through(self, seq: int, *, charged: bool = True) -> None:
@@ -226,8 +240,16 @@ class StreamSession:
         jobs = []
         for i, job in enumerate(self._kept):
             first = job.first or i == 0
-            jobs.append(replace(job, stream=self.stream, first=first, options=self._options if i == 0 else None,
-                                replay=True, submitted_at=self.clock()))
+            jobs.append(
+                replace(
+                    job,
+                    stream=self.stream,
+                    first=first,
+                    options=self._options if i == 0 else None,
+                    replay=True,
+                    submitted_at=self.clock(),
+                )
+            )
         self._options_sent = True
         self._kept = deque(jobs)
         return jobs

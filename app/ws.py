@@ -43,8 +43,9 @@ def _admission():
     svc = services()
     refusal = refusal_for(svc, request, room=True)
     if refusal is None and not svc.router.connected:
-        refusal = Refusal(503, "backend_unavailable", "this gateway is not subscribed to results yet",
-                          svc.settings.retry_after)
+        refusal = Refusal(
+            503, "backend_unavailable", "this gateway is not subscribed to results yet", svc.settings.retry_after
+        )
     if refusal is None:
         refusal = _lease(svc, request.remote_addr or "")
     if refusal is not None:

@@ -94,7 +94,7 @@ class Pacer:
 
 
 def pcm_frames(pcm: bytes, frame_bytes: int) -> list[bytes]:
-    return [pcm[i:i + frame_bytes] for i in range(0, len(pcm), frame_bytes)]
+    return [pcm[i : i + frame_bytes] for i in range(0, len(pcm), frame_bytes)]
 
 
 class StreamClient:
@@ -103,11 +103,28 @@ class StreamClient:
     ``pacer`` (optional) is a :class:`Pacer` shared by many clients: load tests use one to cut wake-ups.
     """
 
-    def __init__(self, url: str, *, config: dict | None = None, frame_ms: int = 60, pace: float = 1.0,
-                 timeout: float = 60.0, headers: dict | None = None, pacer: Pacer | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        config: dict | None = None,
+        frame_ms: int = 60,
+        pace: float = 1.0,
+        timeout: float = 60.0,
+        headers: dict | None = None,
+        pacer: Pacer | None = None,
+    ) -> None:
         self.url = url
-        self.config = {"mode": "online", "chunk_size": [5, 10, 5], "chunk_interval": 10, "wav_name": "client",
-                       "wav_format": "pcm", "audio_fs": SAMPLE_RATE, "is_speaking": True, **(config or {})}
+        self.config = {
+            "mode": "online",
+            "chunk_size": [5, 10, 5],
+            "chunk_interval": 10,
+            "wav_name": "client",
+            "wav_format": "pcm",
+            "audio_fs": SAMPLE_RATE,
+            "is_speaking": True,
+            **(config or {}),
+        }
         self.frame_bytes = int(BYTES_PER_SECOND * frame_ms / 1000) // 2 * 2
         self.pace = pace
         self.timeout = timeout
@@ -144,8 +161,14 @@ class StreamClient:
         return rec
 
     async def _session(self, pcm: bytes) -> None:
-        async with websockets.connect(self.url, subprotocols=["binary"], additional_headers=self.headers,
-                                      max_size=None, compression=None, open_timeout=self.timeout) as ws:
+        async with websockets.connect(
+            self.url,
+            subprotocols=["binary"],
+            additional_headers=self.headers,
+            max_size=None,
+            compression=None,
+            open_timeout=self.timeout,
+        ) as ws:
             self.record.connected = time.monotonic()
             receiver = asyncio.create_task(self._receive(ws))
             await ws.send(json.dumps(self.config))

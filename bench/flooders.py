@@ -39,8 +39,15 @@ from wsproto.events import (
 from bench import audio
 
 KINDS = ("tiny-frames", "big-text", "never-read", "silent")
-CONFIG = {"mode": "online", "chunk_size": [5, 10, 5], "chunk_interval": 10, "wav_name": "flooder",
-          "wav_format": "pcm", "audio_fs": audio.SAMPLE_RATE, "is_speaking": True}
+CONFIG = {
+    "mode": "online",
+    "chunk_size": [5, 10, 5],
+    "chunk_interval": 10,
+    "wav_name": "flooder",
+    "wav_format": "pcm",
+    "audio_fs": audio.SAMPLE_RATE,
+    "is_speaking": True,
+}
 BATCH_BYTES = 64 * 1024  # pre-built frames per socket write
 TEXT_LIMIT = 64 * 1024  # the gateway's largest text message (ASR_MAX_TEXT_BYTES default)
 TEXT_MARGIN = 16  # big-text: bytes under and over TEXT_LIMIT
@@ -243,7 +250,8 @@ async def tiny_frames(ws: RawWebSocket, deadline: float, pace: float) -> None:
 async def big_text(ws: RawWebSocket, deadline: float, pace: float) -> None:
     await ws.send(ws.frame(TextMessage(json.dumps(CONFIG))))
     batch = ws.frame(TextMessage(_padded(TEXT_LIMIT - TEXT_MARGIN))) + ws.frame(
-        TextMessage(_padded(TEXT_LIMIT + TEXT_MARGIN)))
+        TextMessage(_padded(TEXT_LIMIT + TEXT_MARGIN))
+    )
     while ws.running(deadline) and await _send_until(ws, batch, 2, deadline):
         pass
 
@@ -259,7 +267,7 @@ async def never_read(ws: RawWebSocket, deadline: float, pace: float) -> None:
     await ws.send(ws.frame(TextMessage(json.dumps(CONFIG))))
     frame_bytes = audio.BYTES_PER_SECOND * NEVER_READ_FRAME_MS // 1000
     pcm = audio.noise(10.0, seed=9)
-    frames = [ws.frame(BytesMessage(pcm[i:i + frame_bytes])) for i in range(0, len(pcm), frame_bytes)]
+    frames = [ws.frame(BytesMessage(pcm[i : i + frame_bytes])) for i in range(0, len(pcm), frame_bytes)]
     start, sent = time.monotonic(), 0
     while time.monotonic() < deadline and not ws.closed.is_set():
         if pace > 0:
@@ -312,8 +320,7 @@ def run_flooders(url: str, kinds: list[str], count: int, seconds: float, pace: f
     """
 
     async def all_of_them() -> list[FlooderRecord]:
-        return await asyncio.gather(*(flood_one(url, kind, i, seconds, pace) for kind in kinds
-                                      for i in range(count)))
+        return await asyncio.gather(*(flood_one(url, kind, i, seconds, pace) for kind in kinds for i in range(count)))
 
     cpu = time.process_time()
     records = asyncio.run(all_of_them())

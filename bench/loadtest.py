@@ -57,9 +57,23 @@ def save(result: LoadResult, out: Path, title: str = "") -> dict:
     (out / "report.json").write_text(json.dumps(report, indent=1))
     with (out / "sessions.json").open("w") as handle:
         for f in figures:
-            row = {k: getattr(f, k) for k in ("index", "outcome", "refused_status", "refused_code", "error",
-                                              "error_message", "told", "queue_statuses", "rtf", "first_partial",
-                                              "final_latency", "ordered")}
+            row = {
+                k: getattr(f, k)
+                for k in (
+                    "index",
+                    "outcome",
+                    "refused_status",
+                    "refused_code",
+                    "error",
+                    "error_message",
+                    "told",
+                    "queue_statuses",
+                    "rtf",
+                    "first_partial",
+                    "final_latency",
+                    "ordered",
+                )
+            }
             row["partials"] = len(f.chunks)
             handle.write(json.dumps(row) + "\n")
     try:
@@ -85,8 +99,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", type=json.loads, default={}, help="extra first-message fields as JSON")
     p.add_argument("--soak", type=float, default=0.0, metavar="SECONDS", help="soak: open/close sessions this long")
     p.add_argument("--soak-sessions", type=int, default=0, help="soak: stop after this many sessions")
-    p.add_argument("--warmup-sessions", type=int, help="soak: sessions before the start memory sample "
-                                                       "(default 2 x streams)")
+    p.add_argument(
+        "--warmup-sessions", type=int, help="soak: sessions before the start memory sample (default 2 x streams)"
+    )
     p.add_argument("--memory-interval", type=float, default=2.0, help="soak: seconds between RSS samples")
     p.add_argument("--gateway-pid", type=int, help="gateway pid for memory figures (default: from /api/queue)")
     p.add_argument("--out", type=Path, help=f"output folder (default {DEFAULT_OUT}/loadtest-<time>)")
@@ -98,10 +113,20 @@ def plan_from_args(args: argparse.Namespace) -> LoadPlan:
     pcm = audio.load_wav(args.audio) if args.audio else audio.noise(args.seconds, seed=args.seed)
     soak = args.soak > 0 or args.soak_sessions > 0
     return LoadPlan(
-        url=args.url, pcm=pcm, streams=args.streams, ramp=args.ramp, frame_ms=args.frame_ms, pace=args.pace,
-        timeout=args.timeout, timing=not args.no_timing, soak_seconds=args.soak, soak_sessions=args.soak_sessions,
+        url=args.url,
+        pcm=pcm,
+        streams=args.streams,
+        ramp=args.ramp,
+        frame_ms=args.frame_ms,
+        pace=args.pace,
+        timeout=args.timeout,
+        timing=not args.no_timing,
+        soak_seconds=args.soak,
+        soak_sessions=args.soak_sessions,
         warmup_sessions=args.warmup_sessions if args.warmup_sessions is not None else 2 * args.streams,
-        memory_interval=args.memory_interval if soak else 0.0, gateway_pid=args.gateway_pid, config=args.config,
+        memory_interval=args.memory_interval if soak else 0.0,
+        gateway_pid=args.gateway_pid,
+        config=args.config,
     )
 
 

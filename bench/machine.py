@@ -66,15 +66,23 @@ class CpuAccount:
         client = time.process_time() - self._self0
         others = max(0.0, busy - sum(service.values()) - client)
         cores = psutil.cpu_count() or 1
-        return {"wall_s": round(wall, 1), "cores": cores, "busy_s": round(busy, 1),
-                "busy_pct_of_machine": round(100 * busy / (wall * cores), 1) if wall > 0 else None,
-                "service_s": service, "client_s": round(client, 1), "others_s": round(others, 1),
-                "loadavg_end": [round(x, 2) for x in os.getloadavg()]}
+        return {
+            "wall_s": round(wall, 1),
+            "cores": cores,
+            "busy_s": round(busy, 1),
+            "busy_pct_of_machine": round(100 * busy / (wall * cores), 1) if wall > 0 else None,
+            "service_s": service,
+            "client_s": round(client, 1),
+            "others_s": round(others, 1),
+            "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        }
 
 
 def format_cpu(cpu: dict) -> str:
     """One line: where the machine's CPU went during the run."""
     service = ", ".join(f"{k} {v:.1f}" for k, v in cpu["service_s"].items())
-    return (f"CPU over {cpu['wall_s']:.0f} s on {cpu['cores']} cores: machine busy {cpu['busy_pct_of_machine']} % "
-            f"({cpu['busy_s']:.1f} s); service: {service}; load client {cpu['client_s']:.1f} s; "
-            f"other processes {cpu['others_s']:.1f} s")
+    return (
+        f"CPU over {cpu['wall_s']:.0f} s on {cpu['cores']} cores: machine busy {cpu['busy_pct_of_machine']} % "
+        f"({cpu['busy_s']:.1f} s); service: {service}; load client {cpu['client_s']:.1f} s; "
+        f"other processes {cpu['others_s']:.1f} s"
+    )

@@ -56,8 +56,12 @@ def make_streams(count: int, length: int, seed: int = 0) -> list[Stream]:
             loudness = float(rng.uniform(0.02, 0.3))
             for _ in range(int(rng.integers(3, 12))):
                 stream.chunks.append((_noise(rng, OPTIONS.chunk_samples, loudness), False))
-            final = {0: OPTIONS.chunk_samples, 1: int(rng.integers(960, OPTIONS.chunk_samples)),
-                     2: int(rng.integers(1, 960)), 3: 0}[int(rng.integers(0, 4))]
+            final = {
+                0: OPTIONS.chunk_samples,
+                1: int(rng.integers(960, OPTIONS.chunk_samples)),
+                2: int(rng.integers(1, 960)),
+                3: 0,
+            }[int(rng.integers(0, 4))]
             stream.chunks.append((_noise(rng, final, loudness), True))
         streams.append(stream)
     return streams
@@ -83,8 +87,9 @@ def run_unbatched(rec: StreamingRecognizer, streams: list[Stream], rounds: int) 
     return texts, seconds
 
 
-def run_batched(rec: StreamingRecognizer, streams: list[Stream], rounds: int, untimed: int
-                ) -> tuple[list[list[str]], list[float]]:
+def run_batched(
+    rec: StreamingRecognizer, streams: list[Stream], rounds: int, untimed: int
+) -> tuple[list[list[str]], list[float]]:
     """All streams together, one chunk each per round: texts and the seconds of each timed round."""
     states = [rec.open_stream(OPTIONS) for _ in streams]
     texts: list[list[str]] = [[] for _ in streams]
@@ -118,8 +123,10 @@ HEADER = f"{'B':>5} {'chunks/s':>9} {'p50 ms':>9} {'p95 ms':>9} {'RT streams':>1
 
 
 def format_row(r: dict) -> str:
-    return (f"{r['B']:>5} {r['chunks_per_s']:>9.2f} {r['batch_ms_p50']:>9.0f} {r['batch_ms_p95']:>9.0f} "
-            f"{r['max_realtime_streams']:>11.1f} {r['vs_unbatched']:>12.2f}x")
+    return (
+        f"{r['B']:>5} {r['chunks_per_s']:>9.2f} {r['batch_ms_p50']:>9.0f} {r['batch_ms_p95']:>9.0f} "
+        f"{r['max_realtime_streams']:>11.1f} {r['vs_unbatched']:>12.2f}x"
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -153,20 +160,27 @@ def main(argv: list[str] | None = None) -> int:
     streams = make_streams(max(batches), rounds)
     reference_streams = streams[: args.parity_streams or len(streams)]
 
-    print(f"model {model} | device {args.device} | ncpu {args.ncpu} | rounds {args.rounds} timed "
-          f"(+{STAGGER + args.warmup} untimed) | batched: {'fast' if args.fast else 'exact'} GEMMs"
-          f"{f', autocast {args.dtype}' if args.dtype else ''}", flush=True)
+    print(
+        f"model {model} | device {args.device} | ncpu {args.ncpu} | rounds {args.rounds} timed "
+        f"(+{STAGGER + args.warmup} untimed) | batched: {'fast' if args.fast else 'exact'} GEMMs"
+        f"{f', autocast {args.dtype}' if args.dtype else ''}",
+        flush=True,
+    )
     reference = FunASRStreamingRecognizer.load(str(model), device=args.device, ncpu=args.ncpu)
     expected, seconds = run_unbatched(reference, reference_streams, rounds)
     reference.close()
     baseline = 1 / statistics.mean(seconds)
     unbatched = row(1, seconds, None)
-    print(f"unbatched FunASR generate: {baseline:.2f} chunks/s, {unbatched['batch_ms_p50']:.0f} ms p50, "
-          f"{unbatched['batch_ms_p95']:.0f} ms p95 per chunk, {unbatched['max_realtime_streams']:.1f} "
-          f"real-time streams", flush=True)
+    print(
+        f"unbatched FunASR generate: {baseline:.2f} chunks/s, {unbatched['batch_ms_p50']:.0f} ms p50, "
+        f"{unbatched['batch_ms_p95']:.0f} ms p95 per chunk, {unbatched['max_realtime_streams']:.1f} "
+        f"real-time streams",
+        flush=True,
+    )
 
-    batched = BatchedParaformerRecognizer.load(str(model), device=args.device, ncpu=args.ncpu, dtype=args.dtype,
-                                               exact=False if args.fast else None)
+    batched = BatchedParaformerRecognizer.load(
+        str(model), device=args.device, ncpu=args.ncpu, dtype=args.dtype, exact=False if args.fast else None
+    )
     rows, compared, mismatches = [], 0, []
     print(HEADER, flush=True)
     for batch in batches:
@@ -181,9 +195,17 @@ def main(argv: list[str] | None = None) -> int:
     for batch, k, j, want, got in mismatches[:10]:
         print(f"  B={batch} stream {k} chunk {j}: unbatched {want!r} batched {got!r}")
     if args.out:
-        result = {"model": str(model), "device": args.device, "ncpu": args.ncpu, "dtype": args.dtype,
-                  "exact": not args.fast, "rounds": args.rounds, "unbatched": unbatched, "batched": rows,
-                  "parity": {"verdict": verdict, "compared": compared, "mismatches": len(mismatches)}}
+        result = {
+            "model": str(model),
+            "device": args.device,
+            "ncpu": args.ncpu,
+            "dtype": args.dtype,
+            "exact": not args.fast,
+            "rounds": args.rounds,
+            "unbatched": unbatched,
+            "batched": rows,
+            "parity": {"verdict": verdict, "compared": compared, "mismatches": len(mismatches)},
+        }
         Path(args.out).write_text(json.dumps(result, indent=2))
     return 0 if not mismatches else 1
 

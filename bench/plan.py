@@ -97,9 +97,13 @@ def from_throughput(data: dict) -> Measurement:
         raise PlanError("the throughput result has no batched rows")
     unbatched = data.get("unbatched") or {}
     rt1 = unbatched.get("max_realtime_streams")
-    return Measurement(source="bench.model_throughput", device=_device(data.get("device")),
-                       ncpu=int(data.get("ncpu") or DEFAULT_NCPU), points=tuple(points),
-                       unbatched_rtf=1 / rt1 if rt1 else None)
+    return Measurement(
+        source="bench.model_throughput",
+        device=_device(data.get("device")),
+        ncpu=int(data.get("ncpu") or DEFAULT_NCPU),
+        points=tuple(points),
+        unbatched_rtf=1 / rt1 if rt1 else None,
+    )
 
 
 def from_report(data: dict, *, chunk_seconds: float = CHUNK_SECONDS) -> Measurement:
@@ -109,10 +113,17 @@ def from_report(data: dict, *, chunk_seconds: float = CHUNK_SECONDS) -> Measurem
         raise PlanError("the report has no per-chunk timing: run the load test with timing on (the default)")
     per_stream_chunk = compute / batch  # a batch's forward pass is shared by its chunks
     sessions, workers = data["sessions"], len(data.get("workers") or [])
-    observed = (f"{sessions.get('realtime', 0)} of {data['plan'].get('streams', '?')} streams served in real time "
-                f"by {workers or '?'} worker(s)")
-    return Measurement(source="load-test report", device="cpu", ncpu=DEFAULT_NCPU,
-                       points=((float(batch), chunk_seconds / per_stream_chunk),), observed=observed)
+    observed = (
+        f"{sessions.get('realtime', 0)} of {data['plan'].get('streams', '?')} streams served in real time "
+        f"by {workers or '?'} worker(s)"
+    )
+    return Measurement(
+        source="load-test report",
+        device="cpu",
+        ncpu=DEFAULT_NCPU,
+        points=((float(batch), chunk_seconds / per_stream_chunk),),
+        observed=observed,
+    )
 
 
 def _device(device: str | None) -> str:
@@ -136,6 +147,7 @@ def streams_per_worker(points: Sequence[tuple[float, float]], utilisation: float
     RT is taken as constant below the smallest measured batch; the walk stops at the first piece where f turns
     negative and solves that piece. A result below 1 means one worker cannot keep up with a single stream.
     """
+
     def spare(s: float) -> float:
         return utilisation * realtime_streams(points, s) - s
 
@@ -151,8 +163,9 @@ def streams_per_worker(points: Sequence[tuple[float, float]], utilisation: float
     return best
 
 
-def plan(m: Measurement, streams: int, *, utilisation: float = DEFAULT_UTILISATION,
-         max_batch: float | None = None) -> Plan:
+def plan(
+    m: Measurement, streams: int, *, utilisation: float = DEFAULT_UTILISATION, max_batch: float | None = None
+) -> Plan:
     if streams < 1 or not 0 < utilisation <= 1:
         raise PlanError("streams must be >= 1 and utilisation in (0, 1]")
     max_batch = max_batch or MAX_BATCH[m.device]
@@ -161,20 +174,32 @@ def plan(m: Measurement, streams: int, *, utilisation: float = DEFAULT_UTILISATI
     rtf = 1 / realtime_streams(m.points, batch)  # a worker carries RT streams: each costs 1/RT of it
     # A stream lives on one worker: a worker that cannot carry one stream cannot be helped by more workers.
     workers = math.ceil(streams / per_worker - 1e-9) if per_worker >= 1 else 0
-    return Plan(streams=streams, utilisation=utilisation, streams_per_worker=per_worker, batch=batch,
-                workers=workers, cores=workers * m.ncpu,
-                gpus=workers if m.device == "cuda" else 0, rtf=rtf, seed_workers=streams * rtf / utilisation,
-                seed_workers_unbatched=streams * m.unbatched_rtf / utilisation if m.unbatched_rtf else None)
+    return Plan(
+        streams=streams,
+        utilisation=utilisation,
+        streams_per_worker=per_worker,
+        batch=batch,
+        workers=workers,
+        cores=workers * m.ncpu,
+        gpus=workers if m.device == "cuda" else 0,
+        rtf=rtf,
+        seed_workers=streams * rtf / utilisation,
+        seed_workers_unbatched=streams * m.unbatched_rtf / utilisation if m.unbatched_rtf else None,
+    )
 
 
 def format_plan(m: Measurement, p: Plan) -> str:
-    lines = [f"from {m.source}: device {m.device}, {m.ncpu} cores per worker, measured at batch sizes "
-             f"{', '.join(f'{b:g}' for b, _ in m.points)}"]
+    lines = [
+        f"from {m.source}: device {m.device}, {m.ncpu} cores per worker, measured at batch sizes "
+        f"{', '.join(f'{b:g}' for b, _ in m.points)}"
+    ]
     if m.observed:
         lines.append(f"that run: {m.observed}")
     if p.workers == 0:
-        lines.append(f"one worker sustains only {p.streams_per_worker:.2f} real-time streams at utilisation "
-                     f"{p.utilisation:g}: it cannot keep up with a single stream; a faster worker is needed")
+        lines.append(
+            f"one worker sustains only {p.streams_per_worker:.2f} real-time streams at utilisation "
+            f"{p.utilisation:g}: it cannot keep up with a single stream; a faster worker is needed"
+        )
         return "\n".join(lines)
     hardware = f"{p.gpus} GPUs" if m.device == "cuda" else f"{p.cores} cores"
     lines += [
@@ -184,32 +209,47 @@ def format_plan(m: Measurement, p: Plan) -> str:
         f"{p.seed_workers:.1f} (RTF at batch ~{p.batch:.0f})",
     ]
     if p.seed_workers_unbatched is not None:
-        lines.append(f"  with the unbatched RTF ({p.seed_workers_unbatched * p.utilisation / p.streams:.4f}, every "
-                     f"chunk alone): {p.seed_workers_unbatched:.1f} workers")
+        lines.append(
+            f"  with the unbatched RTF ({p.seed_workers_unbatched * p.utilisation / p.streams:.4f}, every "
+            f"chunk alone): {p.seed_workers_unbatched:.1f} workers"
+        )
     return "\n".join(lines)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.plan", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.plan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("result", type=Path, help="bench.model_throughput --out JSON, or a load test's report.json")
     parser.add_argument("--streams", type=int, required=True, help="concurrent real-time streams to serve")
     parser.add_argument("--mode", choices=MODES, default="online", help="only online is served (and measurable)")
-    parser.add_argument("--utilisation", type=float, default=DEFAULT_UTILISATION,
-                        help=f"share of measured throughput to plan for (default {DEFAULT_UTILISATION})")
-    parser.add_argument("--max-batch", type=int,
-                        help="the workers' --concurrency (default 16 on CPU, 64 on GPU, as in docker/k8s)")
+    parser.add_argument(
+        "--utilisation",
+        type=float,
+        default=DEFAULT_UTILISATION,
+        help=f"share of measured throughput to plan for (default {DEFAULT_UTILISATION})",
+    )
+    parser.add_argument(
+        "--max-batch", type=int, help="the workers' --concurrency (default 16 on CPU, 64 on GPU, as in docker/k8s)"
+    )
     parser.add_argument("--ncpu", type=int, help="cores per worker (default: the benchmark's ncpu, else 2)")
-    parser.add_argument("--chunk-seconds", type=float, default=CHUNK_SECONDS,
-                        help="audio per chunk of a load-test report (default 0.6: chunk_size [5, 10, 5])")
+    parser.add_argument(
+        "--chunk-seconds",
+        type=float,
+        default=CHUNK_SECONDS,
+        help="audio per chunk of a load-test report (default 0.6: chunk_size [5, 10, 5])",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.mode not in SERVED_MODES:
-        print(f"mode {args.mode}: not measurable yet: the gateway serves only {', '.join(SERVED_MODES)} "
-              "(it refuses offline and 2pass), so no benchmark exists to plan from", file=sys.stderr)
+        print(
+            f"mode {args.mode}: not measurable yet: the gateway serves only {', '.join(SERVED_MODES)} "
+            "(it refuses offline and 2pass), so no benchmark exists to plan from",
+            file=sys.stderr,
+        )
         return 2
     try:
         m = load(args.result, chunk_seconds=args.chunk_seconds)

@@ -35,8 +35,16 @@ def plot_run(result: LoadResult, figures: list[SessionFigures], report: dict, pa
             ax.axvline(event["t"], color="red", linestyle="--", linewidth=1)
         ax.grid(alpha=0.3)
     for event in report["events"]:
-        axes[0].annotate(event["what"], (event["t"], 1), xycoords=("data", "axes fraction"), fontsize=8,
-                         color="red", rotation=90, va="top", ha="right")
+        axes[0].annotate(
+            event["what"],
+            (event["t"], 1),
+            xycoords=("data", "axes fraction"),
+            fontsize=8,
+            color="red",
+            rotation=90,
+            va="top",
+            ha="right",
+        )
     axes[-1].set_xlabel("seconds since start")
     fig.suptitle(title or f"{report['plan']['streams']} streams, {report['plan']['url']}")
     fig.tight_layout()
@@ -96,8 +104,12 @@ def _centers(series: dict) -> list[float]:
 def _sessions(ax, report: dict) -> None:
     series = report["series"]
     ax.plot(series["t"], series["active"], color="tab:green", label="active sessions (client)")
-    ax.plot(*_gapped(report["polls"], lambda p: p["gateway_sessions"]), color="tab:gray", linewidth=0.8,
-            label="gateway sessions (/api/queue)")
+    ax.plot(
+        *_gapped(report["polls"], lambda p: p["gateway_sessions"]),
+        color="tab:gray",
+        linewidth=0.8,
+        label="gateway sessions (/api/queue)",
+    )
     ax.set_ylabel("sessions")
     ax.legend(loc="upper left", fontsize=8)
 

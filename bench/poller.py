@@ -53,17 +53,36 @@ class QueueSample:
         if not body:
             return cls(t, False)
         workers = tuple(
-            {"id": w.get("id"), "pid": w.get("pid"), "pending": w.get("pending"), "streams": w.get("streams"),
-             "stats": w.get("stats") or {}}
+            {
+                "id": w.get("id"),
+                "pid": w.get("pid"),
+                "pending": w.get("pending"),
+                "streams": w.get("streams"),
+                "stats": w.get("stats") or {},
+            }
             for w in body.get("workers", [])
         )
-        return cls(t, True, body.get("pending"), body.get("streams"), body.get("gateway_sessions"),
-                   body.get("admitting"), body.get("gateway_pid"), workers)
+        return cls(
+            t,
+            True,
+            body.get("pending"),
+            body.get("streams"),
+            body.get("gateway_sessions"),
+            body.get("admitting"),
+            body.get("gateway_pid"),
+            workers,
+        )
 
     def to_json(self, t0: float) -> dict:
-        return {"t": round(self.t - t0, 3), "ok": self.ok, "pending": self.pending, "streams": self.streams,
-                "gateway_sessions": self.gateway_sessions, "admitting": self.admitting,
-                "workers": [{k: w[k] for k in ("id", "pending", "streams")} for w in self.workers]}
+        return {
+            "t": round(self.t - t0, 3),
+            "ok": self.ok,
+            "pending": self.pending,
+            "streams": self.streams,
+            "gateway_sessions": self.gateway_sessions,
+            "admitting": self.admitting,
+            "workers": [{k: w[k] for k in ("id", "pending", "streams")} for w in self.workers],
+        }
 
 
 def fetch_queue(http: str, token: str | None = None, timeout: float = REQUEST_TIMEOUT) -> dict | None:

@@ -37,8 +37,11 @@ class Progress:
             return
         finished = sum(counts.get(k, 0) for k in ("completed", "refused", "timed_out", "failed"))
         fields = {
-            "active": counts.get("active", 0), "ok": counts.get("completed", 0), "503": counts.get("refused", 0),
-            "t/o": counts.get("timed_out", 0), "fail": counts.get("failed", 0),
+            "active": counts.get("active", 0),
+            "ok": counts.get("completed", 0),
+            "503": counts.get("refused", 0),
+            "t/o": counts.get("timed_out", 0),
+            "fail": counts.get("failed", 0),
             "pending": "-" if pending is None else pending,
             "p95": "-" if latency_p95 is None else f"{latency_p95:.2f}s",
         }

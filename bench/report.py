@@ -41,9 +41,12 @@ def build_report(result: LoadResult, figures: list[SessionFigures] | None = None
     wall = result.t_end - result.t0
     return {
         "plan": _plan(result),
-        "run": {"duration_s": round(wall, 2), "client_cpu_s": round(result.client_cpu_s, 2),
-                "client_cpu_pct": round(100 * result.client_cpu_s / wall, 1) if wall > 0 else None,
-                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        "run": {
+            "duration_s": round(wall, 2),
+            "client_cpu_s": round(result.client_cpu_s, 2),
+            "client_cpu_pct": round(100 * result.client_cpu_s / wall, 1) if wall > 0 else None,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
         "sessions": session_counts(figures),
         "rtf": summarize(f.rtf for f in figures),
         "rtf_censored": summarize(f.rtf_censored for f in figures),
@@ -53,9 +56,11 @@ def build_report(result: LoadResult, figures: list[SessionFigures] | None = None
         "breakdown": breakdown(chunks),
         "queue": queue_figures(result, figures),
         "workers": _workers(result),
-        "memory": {"start": result.memory_start.to_json(result.t0) if result.memory_start else None,
-                   "end": result.memory_end.to_json(result.t0) if result.memory_end else None,
-                   "change": change(result.memory_start, result.memory_end)},
+        "memory": {
+            "start": result.memory_start.to_json(result.t0) if result.memory_start else None,
+            "end": result.memory_end.to_json(result.t0) if result.memory_end else None,
+            "change": change(result.memory_start, result.memory_end),
+        },
         "series": series(result, figures),
         "polls": [s.to_json(result.t0) for s in result.polls],
         "memory_samples": [m.to_json(result.t0) for m in result.memory],
@@ -76,13 +81,15 @@ def session_counts(figures: list[SessionFigures]) -> dict:
     counts = {"attempted": attempted, "connected": sum(f.connected is not None for f in figures)}
     counts.update({o: outcomes.get(o, 0) for o in OUTCOMES})
     counts["success_rate"] = outcomes.get(COMPLETED, 0) / attempted if attempted else None
-    counts["realtime"] = sum(f.outcome == COMPLETED and f.final_latency is not None
-                             and f.final_latency <= REALTIME_FINAL_S for f in figures)
+    counts["realtime"] = sum(
+        f.outcome == COMPLETED and f.final_latency is not None and f.final_latency <= REALTIME_FINAL_S for f in figures
+    )
     counts["got_queue_status"] = sum(f.queue_statuses > 0 for f in figures)
     counts["untold"] = sum(f.outcome in (TIMED_OUT, FAILED) and not f.told for f in figures)
     counts["out_of_order"] = sum(not f.ordered for f in figures)
-    counts["refused_codes"] = dict(Counter(f"{f.refused_status} {f.refused_code}" for f in figures
-                                           if f.outcome == REFUSED))
+    counts["refused_codes"] = dict(
+        Counter(f"{f.refused_status} {f.refused_code}" for f in figures if f.outcome == REFUSED)
+    )
     counts["errors"] = dict(Counter(f.error or "?" for f in figures if f.outcome in (TIMED_OUT, FAILED)))
     return counts
 
@@ -103,7 +110,8 @@ def queue_figures(result: LoadResult, figures: list[SessionFigures]) -> dict:
     pending = [s.pending for s in ok if s.pending is not None]
     statuses = [p for rec in result.records for _, p in rec.queue_statuses]
     return {
-        "polls": len(result.polls), "polls_failed": len(result.polls) - len(ok),
+        "polls": len(result.polls),
+        "polls_failed": len(result.polls) - len(ok),
         "api_pending_max": max(pending, default=None),
         "api_pending_mean": round(sum(pending) / len(pending), 1) if pending else None,
         "queue_status_max": max(statuses, default=None),
@@ -134,9 +142,15 @@ def series(result: LoadResult, figures: list[SessionFigures], step: float | None
     times = [round(i * step, 3) for i in range(n)]
     active = _active_per_bucket(result, figures, step, n)
     stats = [summarize(b) for b in buckets]
-    return {"step_s": step, "t": times, "active": active,
-            "latency_p50": [s["p50"] for s in stats], "latency_p95": [s["p95"] for s in stats],
-            "latency_max": [s["max"] for s in stats], "queue_status_max": status_max}
+    return {
+        "step_s": step,
+        "t": times,
+        "active": active,
+        "latency_p50": [s["p50"] for s in stats],
+        "latency_p95": [s["p95"] for s in stats],
+        "latency_max": [s["max"] for s in stats],
+        "queue_status_max": status_max,
+    }
 
 
 def _active_per_bucket(result: LoadResult, figures: list[SessionFigures], step: float, n: int) -> list[int]:

@@ -119,16 +119,26 @@ class LoadRunner:
             await asyncio.gather(*background, return_exceptions=True)
             self._progress.close()
         memory_end = await self._final_memory() if self.plan.soak else None
-        return LoadResult(self.plan, self.t0, time.monotonic(), [c.record for c in self.clients],
-                          self.poller.samples, self.memory, self.memory_start, memory_end, self.events,
-                          time.process_time() - cpu0)
+        return LoadResult(
+            self.plan,
+            self.t0,
+            time.monotonic(),
+            [c.record for c in self.clients],
+            self.poller.samples,
+            self.memory,
+            self.memory_start,
+            memory_end,
+            self.events,
+            time.process_time() - cpu0,
+        )
 
     # --- sessions -------------------------------------------------------------------------------------------------
     async def _session(self, index: int) -> SessionRecord:
         plan = self.plan
         config = {"wav_name": f"{plan.label}-{index}", "timing": plan.timing, **plan.config}
-        client = StreamClient(plan.url, config=config, frame_ms=plan.frame_ms, pace=plan.pace, timeout=plan.timeout,
-                              pacer=self.pacer)
+        client = StreamClient(
+            plan.url, config=config, frame_ms=plan.frame_ms, pace=plan.pace, timeout=plan.timeout, pacer=self.pacer
+        )
         self.clients.append(client)
         slot = len(self.clients) - 1
         self._active.add(slot)

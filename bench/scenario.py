@@ -39,8 +39,12 @@ SCENARIOS = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.scenario", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.scenario",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     sub = p.add_subparsers(dest="scenario", required=True)
     for name, module in SCENARIOS.items():
         sp = sub.add_parser(name, help=(module.__doc__ or "").split("\n")[0])
@@ -51,8 +55,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="a small, short version for development")
-    p.add_argument("--no-batching", action="store_true",
-                   help="workers use FunASR's per-stream generate (ASR_BATCHING=0) where batching would be on")
+    p.add_argument(
+        "--no-batching",
+        action="store_true",
+        help="workers use FunASR's per-stream generate (ASR_BATCHING=0) where batching would be on",
+    )
     p.add_argument("--frame-ms", type=int, default=100, help="audio per WebSocket frame, ms")
     p.add_argument("--redis-url", default=DEFAULT_REDIS, help="Redis for the stacks (a db of its own)")
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="FunASR model folder for the workers")
@@ -66,14 +73,22 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     raise_open_files_limit()  # the service's processes inherit it
     out = args.out or DEFAULT_OUT / time.strftime(f"scenario-{args.scenario}-%Y%m%d-%H%M%S")
-    opts = Options(out=out, redis_url=args.redis_url, model=args.model, quick=args.quick,
-                   batching=not args.no_batching, progress=not args.no_progress, frame_ms=args.frame_ms,
-                   worker_loglevel=args.worker_loglevel)
+    opts = Options(
+        out=out,
+        redis_url=args.redis_url,
+        model=args.model,
+        quick=args.quick,
+        batching=not args.no_batching,
+        progress=not args.no_progress,
+        frame_ms=args.frame_ms,
+        worker_loglevel=args.worker_loglevel,
+    )
     try:
         code = SCENARIOS[args.scenario].run(opts, args)
     except (RuntimeError, TimeoutError) as exc:  # a stack that would not start, a scenario step that never came
-        logging.getLogger(__name__).error("scenario %s could not run: %s (logs in %s)", args.scenario, exc,
-                                          out / "logs")
+        logging.getLogger(__name__).error(
+            "scenario %s could not run: %s (logs in %s)", args.scenario, exc, out / "logs"
+        )
         return EXIT_SETUP
     print(f"\noutputs: {out}")
     return code

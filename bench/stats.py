@@ -48,8 +48,15 @@ def summarize(values: Iterable[float | None]) -> dict:
     data = [v for v in values if v is not None]
     if not data:
         return {"n": 0, "mean": None, "min": None, "p50": None, "p95": None, "p99": None, "max": None}
-    return {"n": len(data), "mean": sum(data) / len(data), "min": min(data), "p50": percentile(data, 50),
-            "p95": percentile(data, 95), "p99": percentile(data, 99), "max": max(data)}
+    return {
+        "n": len(data),
+        "mean": sum(data) / len(data),
+        "min": min(data),
+        "p50": percentile(data, 50),
+        "p95": percentile(data, 95),
+        "p99": percentile(data, 99),
+        "max": max(data),
+    }
 
 
 @dataclass(frozen=True)
@@ -126,8 +133,18 @@ def chunk_samples(rec: SessionRecord, session: int = 0) -> list[ChunkSample]:
             continue
         seen.add(chunk)
         timing = message.get("timing") or {}
-        samples.append(ChunkSample(session, chunk, rec.chunk_ends[chunk], received, timing.get("wait"),
-                                   timing.get("compute"), timing.get("total"), timing.get("batch")))
+        samples.append(
+            ChunkSample(
+                session,
+                chunk,
+                rec.chunk_ends[chunk],
+                received,
+                timing.get("wait"),
+                timing.get("compute"),
+                timing.get("total"),
+                timing.get("batch"),
+            )
+        )
     return samples
 
 
@@ -155,14 +172,23 @@ def analyse(rec: SessionRecord, audio_seconds: float, index: int = 0) -> Session
     outcome = classify(rec)
     errors = rec.errors
     figures = SessionFigures(
-        index=index, outcome=outcome, audio_seconds=audio_seconds, started=rec.started,
-        connected=rec.connected, finished=rec.finished, refused_status=rec.refused_status,
+        index=index,
+        outcome=outcome,
+        audio_seconds=audio_seconds,
+        started=rec.started,
+        connected=rec.connected,
+        finished=rec.finished,
+        refused_status=rec.refused_status,
         refused_code=(rec.refused_body or {}).get("code"),
-        error=rec.error or (errors[0].get("code") if errors else None)
+        error=rec.error
+        or (errors[0].get("code") if errors else None)
         or (f"close {rec.close_code}" if outcome == FAILED and rec.close_code else None),
         error_message=errors[0].get("message") if errors else None,
-        queue_statuses=len(rec.queue_statuses), told=bool(rec.queue_statuses or errors),
-        first_partial=_first_partial(rec), ordered=is_ordered(rec), chunks=chunk_samples(rec, index),
+        queue_statuses=len(rec.queue_statuses),
+        told=bool(rec.queue_statuses or errors),
+        first_partial=_first_partial(rec),
+        ordered=is_ordered(rec),
+        chunks=chunk_samples(rec, index),
     )
     final_at = _final_time(rec)
     if outcome == COMPLETED and final_at is not None:
@@ -174,4 +200,3 @@ def analyse(rec: SessionRecord, audio_seconds: float, index: int = 0) -> Session
     if outcome == TIMED_OUT and None not in (rec.first_audio, rec.finished) and audio_seconds > 0:
         figures.rtf_censored = (rec.finished - rec.first_audio) / audio_seconds  # type: ignore[operator]
     return figures
-

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-DIST_ROWS = (("RTF", "rtf"), ("RTF incl. timed out (lower bound)", "rtf_censored"),
-             ("chunk latency, s", "chunk_latency"), ("first partial, s", "first_partial"),
-             ("final latency, s", "final_latency"))
-BREAKDOWN_ROWS = (("wait (broker + worker queue)", "wait"), ("compute (forward pass)", "compute"),
-                  ("relay (publish + pub/sub)", "relay"), ("client side (gateway buffering, network)", "client_side"),
-                  ("total (gateway submit -> relay)", "total"))
+DIST_ROWS = (
+    ("RTF", "rtf"),
+    ("RTF incl. timed out (lower bound)", "rtf_censored"),
+    ("chunk latency, s", "chunk_latency"),
+    ("first partial, s", "first_partial"),
+    ("final latency, s", "final_latency"),
+)
+BREAKDOWN_ROWS = (
+    ("wait (broker + worker queue)", "wait"),
+    ("compute (forward pass)", "compute"),
+    ("relay (publish + pub/sub)", "relay"),
+    ("client side (gateway buffering, network)", "client_side"),
+    ("total (gateway submit -> relay)", "total"),
+)
 
 
 def num(value, digits: int = 2) -> str:
@@ -32,13 +40,19 @@ def format_report(report: dict) -> str:
     plan, s, run = report["plan"], report["sessions"], report["run"]
     kind = "slots (soak)" if plan["soak_seconds"] or plan["soak_sessions"] else "streams"
     lines = [
-        (f"Load test: {plan['streams']} {kind} x {plan['audio_seconds']:.1f} s audio, ramp {plan['ramp']:.0f} s, "
-         f"frames {plan['frame_ms']} ms, pace {plan['pace']}, timeout {plan['timeout']:.0f} s -> {plan['url']}"),
-        (f"Sessions: attempted {s['attempted']}, connected {s['connected']}, completed {s['completed']} "
-         f"({pct(s['success_rate'])}), refused {s['refused']}, timed out {s['timed_out']}, failed {s['failed']}"),
-        (f"  served in real time (final <= 2 s after end of speech) {s['realtime']}, got queue_status "
-         f"{s['got_queue_status']}, timed out/failed without being told {s['untold']}, "
-         f"out of order {s['out_of_order']}"),
+        (
+            f"Load test: {plan['streams']} {kind} x {plan['audio_seconds']:.1f} s audio, ramp {plan['ramp']:.0f} s, "
+            f"frames {plan['frame_ms']} ms, pace {plan['pace']}, timeout {plan['timeout']:.0f} s -> {plan['url']}"
+        ),
+        (
+            f"Sessions: attempted {s['attempted']}, connected {s['connected']}, completed {s['completed']} "
+            f"({pct(s['success_rate'])}), refused {s['refused']}, timed out {s['timed_out']}, failed {s['failed']}"
+        ),
+        (
+            f"  served in real time (final <= 2 s after end of speech) {s['realtime']}, got queue_status "
+            f"{s['got_queue_status']}, timed out/failed without being told {s['untold']}, "
+            f"out of order {s['out_of_order']}"
+        ),
     ]
     if s["refused_codes"] or s["errors"]:
         reasons = [f"{k} x{v}" for k, v in {**s["refused_codes"], **s["errors"]}.items()]
@@ -52,24 +66,35 @@ def format_report(report: dict) -> str:
         d = report["breakdown"][key]
         lines.append(_row("  " + label, (num(d["n"]), num(d["p50"], 3), num(d["p95"], 3), num(d["mean"], 3))))
     b = report["breakdown"]["batch"]
-    lines.append(_row("  batch size (chunks per forward pass)", (num(b["n"]), num(b["p50"], 1), num(b["p95"], 1),
-                                                                 num(b["mean"], 1))))
+    lines.append(
+        _row(
+            "  batch size (chunks per forward pass)",
+            (num(b["n"]), num(b["p50"], 1), num(b["p95"], 1), num(b["mean"], 1)),
+        )
+    )
     lines += ["", _queue_line(report["queue"])]
     for w in report["workers"]:
-        lines.append(f"Worker {w['id']}: {w.get('batches', '-')} batches, {w.get('chunks', '-')} chunks, "
-                     f"mean batch {w.get('mean_batch', '-')}, failures {w.get('failures', '-')}")
+        lines.append(
+            f"Worker {w['id']}: {w.get('batches', '-')} batches, {w.get('chunks', '-')} chunks, "
+            f"mean batch {w.get('mean_batch', '-')}, failures {w.get('failures', '-')}"
+        )
     for name, m in report["memory"]["change"].items():
-        lines.append(f"Memory {name}: {num(m['start_mb'], 1)} -> {num(m['end_mb'], 1)} MiB RSS "
-                     f"({num(m['change_pct'], 1)} %)")
-    lines.append(f"Client: {run['duration_s']:.1f} s wall, {run['client_cpu_s']:.1f} s CPU "
-                 f"({num(run['client_cpu_pct'], 0)} % of one core)")
+        lines.append(
+            f"Memory {name}: {num(m['start_mb'], 1)} -> {num(m['end_mb'], 1)} MiB RSS ({num(m['change_pct'], 1)} %)"
+        )
+    lines.append(
+        f"Client: {run['duration_s']:.1f} s wall, {run['client_cpu_s']:.1f} s CPU "
+        f"({num(run['client_cpu_pct'], 0)} % of one core)"
+    )
     return "\n".join(lines)
 
 
 def _queue_line(q: dict) -> str:
-    return (f"Queue: /api/queue pending max {num(q['api_pending_max'])}, mean {num(q['api_pending_mean'], 1)}; "
-            f"queue_status max {num(q['queue_status_max'])}; streams max {num(q['streams_max'])}; gateway sessions "
-            f"max {num(q['gateway_sessions_max'])}; polls {q['polls']} ({q['polls_failed']} failed)")
+    return (
+        f"Queue: /api/queue pending max {num(q['api_pending_max'])}, mean {num(q['api_pending_mean'], 1)}; "
+        f"queue_status max {num(q['queue_status_max'])}; streams max {num(q['streams_max'])}; gateway sessions "
+        f"max {num(q['gateway_sessions_max'])}; polls {q['polls']} ({q['polls_failed']} failed)"
+    )
 
 
 COMPARE_ROWS = (

@@ -98,9 +98,11 @@ COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
 def build_parser() -> argparse.ArgumentParser:
     commands = "\n".join(f"  {name:<9} {text}" for name, (text, _) in COMMANDS.items())
     parser = argparse.ArgumentParser(
-        prog=PROG, description="Run and inspect the streaming speech-recognition service.",
+        prog=PROG,
+        description="Run and inspect the streaming speech-recognition service.",
         epilog=f"commands:\n{commands}\n\n`{PROG} COMMAND --help` shows that command's own options.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("command", choices=list(COMMANDS), metavar="COMMAND")
     parser.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS", help="passed to the command unparsed")
     return parser

@@ -40,7 +40,9 @@ DEFAULT_SENTINEL_PORT = 26379
 TLS_OPTIONS = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname")
 _CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
 _OPTIONS = {
-    "redis": (), "rediss": TLS_OPTIONS, "unix": ("db",),
+    "redis": (),
+    "rediss": TLS_OPTIONS,
+    "unix": ("db",),
     "sentinel": ("master", "sentinel_username", "sentinel_password", "ssl") + TLS_OPTIONS,
 }
 
@@ -71,8 +73,10 @@ def parse(url: str) -> RedisURL:
     """Check ``url`` (see the module docstring); ``ValueError`` says what is wrong without echoing a password."""
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in SCHEMES:
-        raise ValueError(f"Redis URL {redact(url)!r}: the scheme must be one of {', '.join(s + '://' for s in SCHEMES)}"
-                         " (queue inspection and publishing read Redis lists, so the broker must be Redis too)")
+        raise ValueError(
+            f"Redis URL {redact(url)!r}: the scheme must be one of {', '.join(s + '://' for s in SCHEMES)}"
+            " (queue inspection and publishing read Redis lists, so the broker must be Redis too)"
+        )
     parts = urlsplit("x://" + rest)
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
     unknown = sorted(set(options) - set(_OPTIONS[scheme]))
@@ -97,9 +101,15 @@ def parse(url: str) -> RedisURL:
         return RedisURL(hosts=hosts, db=db, tls=tls, **common)
     if not options.get("master"):
         raise ValueError(f"Redis URL {redact(url)!r}: sentinel:// needs ?master=<name of the monitored master>")
-    return RedisURL(hosts=hosts, db=db, tls=tls, master=options["master"],
-                    sentinel_username=options.get("sentinel_username") or None,
-                    sentinel_password=options.get("sentinel_password") or None, **common)
+    return RedisURL(
+        hosts=hosts,
+        db=db,
+        tls=tls,
+        master=options["master"],
+        sentinel_username=options.get("sentinel_username") or None,
+        sentinel_password=options.get("sentinel_password") or None,
+        **common,
+    )
 
 
 def client(url: str | RedisURL, **options: Any) -> redis.Redis:
@@ -153,8 +163,9 @@ def redact(url: str) -> str:
         netloc = f"{user}:***@{hosts}" if colon and user else f"***@{hosts}"
     head, q, query = tail.partition("?")
     if q:
-        query = "&".join(("sentinel_password=***" if kv.startswith("sentinel_password=") else kv)
-                         for kv in query.split("&"))
+        query = "&".join(
+            ("sentinel_password=***" if kv.startswith("sentinel_password=") else kv) for kv in query.split("&")
+        )
     return f"{scheme}{sep}{netloc}{slash}{head}{q}{query}"
 
 

@@ -31,9 +31,10 @@ class Settings:
 
     # --- plumbing -------------------------------------------------------------------------------------------------
     redis_url: str = _setting(
-        "redis://127.0.0.1:6379/0", "Redis for results, registry and queue inspection: redis://[user:password@]host"
+        "redis://127.0.0.1:6379/0",
+        "Redis for results, registry and queue inspection: redis://[user:password@]host"
         ":port/db, rediss://… (TLS; ?ssl_ca_certs=…), unix:///path?db=N, or sentinel://[user:password@]host:26379"
-        "[,host2:26379]/db?master=NAME (see config/redis.py)"
+        "[,host2:26379]/db?master=NAME (see config/redis.py)",
     )
     broker_url: str = _setting("", "Celery broker; empty means the same as redis_url")
     queue: str = _setting("gpu", "Celery queue family for chunk tasks; each worker also owns '<queue>.<hostname>'")
@@ -61,29 +62,38 @@ class Settings:
     encoder_chunk_look_back: int = _setting(4, "Default encoder look-back of the streaming model", "chunks")
     decoder_chunk_look_back: int = _setting(1, "Default decoder look-back of the streaming model", "chunks")
     fault_injection: bool = _setting(
-        False, "Chaos testing only: a stream whose wav_name starts with '__raise__' makes the recognizer raise, "
-        "one starting with '__kill_engine__' kills the worker's engine thread"
+        False,
+        "Chaos testing only: a stream whose wav_name starts with '__raise__' makes the recognizer raise, "
+        "one starting with '__kill_engine__' kills the worker's engine thread",
     )
 
     # --- sessions -------------------------------------------------------------------------------------------------
     max_frame_bytes: int = _setting(1 << 20, "Largest binary WebSocket frame accepted", "bytes")
     max_text_bytes: int = _setting(64 << 10, "Largest text WebSocket message accepted (larger: close 1009)", "bytes")
     max_messages_per_second: float = _setting(
-        400.0, "WebSocket messages (frames) per second one session may send, in bursts of twice that; past it the "
-        "session is closed with 1008 rate_limited. 0 = no limit", "messages/s"
+        400.0,
+        "WebSocket messages (frames) per second one session may send, in bursts of twice that; past it the "
+        "session is closed with 1008 rate_limited. 0 = no limit",
+        "messages/s",
     )
-    config_timeout: float = _setting(10.0, "A session whose first message (its configuration) is not in by then "
-                                     "is closed, and its worker slot freed", "s")
+    config_timeout: float = _setting(
+        10.0,
+        "A session whose first message (its configuration) is not in by then is closed, and its worker slot freed",
+        "s",
+    )
     idle_timeout: float = _setting(
         30.0, "Gateway closes a session that sends no audio for this long (other messages do not count)", "s"
     )
     max_outstanding_seconds: float = _setting(
-        10.0, "Audio a session may have submitted without results; past it the gateway stops reading that client "
-        "(TCP back-pressure) until results catch up", "s"
+        10.0,
+        "Audio a session may have submitted without results; past it the gateway stops reading that client "
+        "(TCP back-pressure) until results catch up",
+        "s",
     )
     max_outbox_bytes: int = _setting(
-        1 << 20, "Messages waiting to be written to one client; a client this far behind is disconnected "
-        "(slow_consumer)", "bytes"
+        1 << 20,
+        "Messages waiting to be written to one client; a client this far behind is disconnected (slow_consumer)",
+        "bytes",
     )
     stream_idle_timeout: float = _setting(120.0, "Worker frees a stream's model state unused for this long", "s")
     chunk_timeout: float = _setting(
@@ -99,8 +109,9 @@ class Settings:
         0, "Concurrent sessions one client address may hold, across all gateway processes; 0 = no limit"
     )
     api_token: str = _setting(
-        "", "If set, the WebSocket (/ws and /), /api/* and /metrics require it as 'Authorization: Bearer …' "
-        "(any case) or ?token=…; /healthz then tells anonymous callers only its status"
+        "",
+        "If set, the WebSocket (/ws and /), /api/* and /metrics require it as 'Authorization: Bearer …' "
+        "(any case) or ?token=…; /healthz then tells anonymous callers only its status",
     )
     allowed_origins: str = _setting(
         "", "Comma-separated Origin values allowed on the WebSocket (/ws and /); empty allows any"
@@ -128,8 +139,9 @@ class Settings:
     drain_seconds: int = _setting(30, "On SIGTERM a gateway process lets open sessions run this long", "s")
     log_level: str = _setting("info", "Log level of the gateway's own loggers (workers: celery --loglevel)")
     log_format: str = _setting(
-        "text", "Log line format of gateways and workers: text (human-readable) or json (one JSON object per line, "
-        "with session, worker, stream and chunk as keys on the lines about them)"
+        "text",
+        "Log line format of gateways and workers: text (human-readable) or json (one JSON object per line, "
+        "with session, worker, stream and chunk as keys on the lines about them)",
     )
     log_tasks: bool = _setting(
         False, "Log every chunk task received/succeeded at INFO (two lines per chunk; off keeps logs readable)"
@@ -142,11 +154,14 @@ class Settings:
     )
     chunk_task_expires: float = _setting(300.0, "Chunk tasks not started within this are discarded", "s")
     worker_metrics_port: int = _setting(
-        0, "Port of the worker process's own Prometheus /metrics (batch sizes, forward and wait times, failures, "
-        "process memory); 0 = off. One port per worker process: give each process on one host its own", "port"
+        0,
+        "Port of the worker process's own Prometheus /metrics (batch sizes, forward and wait times, failures, "
+        "process memory); 0 = off. One port per worker process: give each process on one host its own",
+        "port",
     )
-    worker_metrics_addr: str = _setting("127.0.0.1", "Address the worker's metrics port listens on (0.0.0.0 in "
-                                        "containers, for Prometheus to reach it)")
+    worker_metrics_addr: str = _setting(
+        "127.0.0.1", "Address the worker's metrics port listens on (0.0.0.0 in containers, for Prometheus to reach it)"
+    )
 
     @property
     def broker(self) -> str:

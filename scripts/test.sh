@@ -9,6 +9,7 @@ ASR_REDIS_URL=${ASR_TEST_REDIS_URL:-redis://127.0.0.1:6379/15} scripts/redis.sh
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [[ $# -eq 0 ]]; then  # the whole suite (CI): lint and types first, as `make lint` does
   .venv/bin/ruff check .
+  .venv/bin/ruff format --check .
   .venv/bin/mypy
 fi
 exec .venv/bin/python -m pytest "$@"

@@ -350,8 +350,17 @@ class Engine:
         logger.error("batch of %d failed in the engine: %r", len(batch), exc, exc_info=exc)
         error = EngineError(f"internal error in the worker's engine: {type(exc).__name__}: {exc}")
         failed = [w for _, w in batch if not w.pending.done]
-        results = [ChunkResult(w.job.stream, w.job.seq, is_final=w.job.is_final, error=error.message,
-                               code=error.code, worker=self.worker_id) for w in failed]
+        results = [
+            ChunkResult(
+                w.job.stream,
+                w.job.seq,
+                is_final=w.job.is_final,
+                error=error.message,
+                code=error.code,
+                worker=self.worker_id,
+            )
+            for w in failed
+        ]
         self._publish([(w.job.channel, r) for w, r in zip(failed, results)])
         self.stats.failures += len(failed)
         self.observer.failed(error.code, len(failed))
@@ -400,8 +409,11 @@ class Engine:
         if len(texts) != len(work):
             raise EngineError(f"the recognizer returned {len(texts)} results for {len(work)} chunks")
         for i, text in zip(todo, texts):
-            outcomes[i] = text if isinstance(text, (str, ServiceError)) else RecognitionFailed(
-                f"the recognizer returned a {type(text).__name__}, not text")
+            outcomes[i] = (
+                text
+                if isinstance(text, (str, ServiceError))
+                else RecognitionFailed(f"the recognizer returned a {type(text).__name__}, not text")
+            )
         compute = self.clock() - t0
         results = [self._result(w.job, out, started, compute, len(batch)) for (_, w), out in zip(batch, outcomes)]
         self._publish([(w.job.channel, r) for (_, w), r in zip(batch, results)])
@@ -447,8 +459,15 @@ class Engine:
         if isinstance(outcome, ServiceError):
             self.stats.failures += 1
             self.observer.failed(outcome.code)
-            return ChunkResult(job.stream, job.seq, is_final=job.is_final, error=outcome.message,
-                               code=outcome.code, worker=self.worker_id, timing=timing)
+            return ChunkResult(
+                job.stream,
+                job.seq,
+                is_final=job.is_final,
+                error=outcome.message,
+                code=outcome.code,
+                worker=self.worker_id,
+                timing=timing,
+            )
         return ChunkResult(job.stream, job.seq, outcome, is_final=job.is_final, worker=self.worker_id, timing=timing)
 
     def _advance(self, stream: _Stream, job: ChunkJob, outcome) -> None:
@@ -478,8 +497,12 @@ class Engine:
                 if self._gap_expired(stream, now):
                     failed.extend(self._fail_stream(stream))
                 elif not (stream.waiting or stream.busy) and now - stream.last_used > self.stream_idle_timeout:
-                    logger.info("freeing stream %s after %.0f s idle", stream.id, now - stream.last_used,
-                                extra=stream_fields(stream.id))
+                    logger.info(
+                        "freeing stream %s after %.0f s idle",
+                        stream.id,
+                        now - stream.last_used,
+                        extra=stream_fields(stream.id),
+                    )
                     del self._streams[stream.id]
         if failed:
             self._publish([(channel, result) for channel, result, _ in failed])

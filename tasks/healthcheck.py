@@ -72,8 +72,10 @@ def check(settings: Settings, worker_id: str, timeout: float = 2.0) -> tuple[boo
     engine = body.get("engine", "ok")
     if engine != "ok":
         return False, f"worker {worker_id} registered, but its engine is {str(engine)[:40]}"
-    return True, (f"worker {worker_id} registered: model {body.get('model', '?')} on {body.get('device', '?')}, "
-                  f"{body.get('streams', '?')} open streams")
+    return True, (
+        f"worker {worker_id} registered: model {body.get('model', '?')} on {body.get('device', '?')}, "
+        f"{body.get('streams', '?')} open streams"
+    )
 
 
 def _safe_url(url: str) -> str:

@@ -61,24 +61,39 @@ class WorkerMetrics(EngineObserver):
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):  # process_*, python_*
             self.registry.register(collector)
         r = self.registry
-        self.batch_size = Histogram("asr_engine_batch_size", "Chunks per forward pass", buckets=BATCH_BUCKETS,
-                                    registry=r)
-        self.forward = Histogram("asr_engine_forward_seconds", "The recognizer's call for one batch",
-                                 buckets=SECONDS_BUCKETS, registry=r)
-        self.stage = Histogram("asr_engine_stage_seconds", "One model stage of one batch (batched recognizer on "
-                               "CPU only)", ["stage"], buckets=SECONDS_BUCKETS, registry=r)
-        self.wait = Histogram("asr_engine_chunk_wait_seconds", "Gateway submission to the start of the chunk's "
-                              "batch (queue + reorder + batching wait; wall clocks of two hosts)",
-                              buckets=SECONDS_BUCKETS, registry=r)
-        self.compute = Histogram("asr_engine_chunk_compute_seconds", "Start of the chunk's batch to its result",
-                                 buckets=SECONDS_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            "asr_engine_batch_size", "Chunks per forward pass", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.forward = Histogram(
+            "asr_engine_forward_seconds", "The recognizer's call for one batch", buckets=SECONDS_BUCKETS, registry=r
+        )
+        self.stage = Histogram(
+            "asr_engine_stage_seconds",
+            "One model stage of one batch (batched recognizer on CPU only)",
+            ["stage"],
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.wait = Histogram(
+            "asr_engine_chunk_wait_seconds",
+            "Gateway submission to the start of the chunk's "
+            "batch (queue + reorder + batching wait; wall clocks of two hosts)",
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.compute = Histogram(
+            "asr_engine_chunk_compute_seconds",
+            "Start of the chunk's batch to its result",
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
         self.chunks = Counter("asr_engine_chunks", "Chunks recognized (failed ones included)", registry=r)
         self.batches = Counter("asr_engine_batches", "Forward passes", registry=r)
         self.failures = Counter("asr_engine_failures", "Chunks failed, by error code", ["code"], registry=r)
-        self.model_load = Gauge("asr_engine_model_load_seconds", "How long loading and warming up the model took",
-                                registry=r)
-        self.info = Gauge("asr_engine_info", "Constant 1: who this worker is, and the build", sorted(info),
-                          registry=r)
+        self.model_load = Gauge(
+            "asr_engine_model_load_seconds", "How long loading and warming up the model took", registry=r
+        )
+        self.info = Gauge("asr_engine_info", "Constant 1: who this worker is, and the build", sorted(info), registry=r)
         self.info.labels(**info).set(1)
         r.register(_LiveCollector(health, streams))
         self.port: int | None = None
@@ -115,8 +130,11 @@ class _LiveCollector(Collector):
 
     def collect(self):
         state = self.health()
-        family = GaugeMetricFamily("asr_engine_health", "1 for the engine's current state (ok, loading, stalled, "
-                                   "dead, stopped), 0 for the others", labels=["state"])
+        family = GaugeMetricFamily(
+            "asr_engine_health",
+            "1 for the engine's current state (ok, loading, stalled, dead, stopped), 0 for the others",
+            labels=["state"],
+        )
         for name in HEALTH_STATES:
             family.add_metric([name], 1 if name == state else 0)
         yield family

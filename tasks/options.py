@@ -129,10 +129,12 @@ class StreamOptions:
             raise _bad("itn must be a boolean")
         return cls(
             chunk_size=check_chunk_size(data["chunk_size"]),
-            encoder_chunk_look_back=check_int("encoder_chunk_look_back", data["encoder_chunk_look_back"],
-                                              *LOOK_BACK_RANGE),
-            decoder_chunk_look_back=check_int("decoder_chunk_look_back", data["decoder_chunk_look_back"],
-                                              *LOOK_BACK_RANGE),
+            encoder_chunk_look_back=check_int(
+                "encoder_chunk_look_back", data["encoder_chunk_look_back"], *LOOK_BACK_RANGE
+            ),
+            decoder_chunk_look_back=check_int(
+                "decoder_chunk_look_back", data["decoder_chunk_look_back"], *LOOK_BACK_RANGE
+            ),
             hotwords=check_hotwords(data.get("hotwords", "")),
             itn=itn,
             wav_name=check_wav_name(data.get("wav_name", "")),

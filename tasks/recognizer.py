@@ -200,7 +200,7 @@ class FaultInjectingRecognizer(StreamingRecognizer):
         for item in work:
             name = item.state.options.wav_name
             if name.startswith(self.PREFIX):
-                target = int(name[len(self.PREFIX):] or 0)
+                target = int(name[len(self.PREFIX) :] or 0)
                 if item.state.chunks_done == target:
                     raise RuntimeError(f"injected fault on chunk {target} of {name}")
         return self.inner.process(work)

@@ -57,17 +57,27 @@ def build_recognizer(settings: Settings) -> StreamingRecognizer:
 
         exact = {"auto": None, "on": True, "off": False}.get(settings.exact.lower())
         if settings.exact.lower() not in ("auto", "on", "off") or settings.autocast not in ("", "float16", "bfloat16"):
-            raise ModelLoadError(f"ASR_EXACT={settings.exact!r} / ASR_AUTOCAST={settings.autocast!r}: "
-                                 "use auto|on|off and ''|float16|bfloat16")
-        recognizer = BatchedParaformerRecognizer.load(path, exact=exact, dtype=settings.autocast or None,
-                                                      device=settings.device, ncpu=settings.ncpu,
-                                                      revision=settings.model_revision)
+            raise ModelLoadError(
+                f"ASR_EXACT={settings.exact!r} / ASR_AUTOCAST={settings.autocast!r}: "
+                "use auto|on|off and ''|float16|bfloat16"
+            )
+        recognizer = BatchedParaformerRecognizer.load(
+            path,
+            exact=exact,
+            dtype=settings.autocast or None,
+            device=settings.device,
+            ncpu=settings.ncpu,
+            revision=settings.model_revision,
+        )
     else:
-        recognizer = FunASRStreamingRecognizer.load(path, device=settings.device, ncpu=settings.ncpu,
-                                                     revision=settings.model_revision)
+        recognizer = FunASRStreamingRecognizer.load(
+            path, device=settings.device, ncpu=settings.ncpu, revision=settings.model_revision
+        )
     if settings.fault_injection:
-        logger.warning("FAULT INJECTION IS ON: streams named __raise__N fail on chunk N; streams named %s* kill "
-                       "the engine", KILL_ENGINE_PREFIX)
+        logger.warning(
+            "FAULT INJECTION IS ON: streams named __raise__N fail on chunk N; streams named %s* kill the engine",
+            KILL_ENGINE_PREFIX,
+        )
         recognizer = FaultInjectingRecognizer(recognizer)
     return recognizer
 
@@ -103,8 +113,15 @@ class WorkerRuntime:
     ``exit_with`` ends the process (:func:`exit_process`); tests of the failure paths may replace it.
     """
 
-    def __init__(self, settings: Settings, worker_id: str, queue: str, concurrency: int, pool: str,
-                 exit_with: Callable[[int], None] = exit_process) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        worker_id: str,
+        queue: str,
+        concurrency: int,
+        pool: str,
+        exit_with: Callable[[int], None] = exit_process,
+    ) -> None:
         self.settings = settings
         self.worker_id = worker_id
         self.queue = queue
@@ -154,9 +171,14 @@ class WorkerRuntime:
         ).start()
         logger.info("model ready in %.1f s: %s (%s)", time.monotonic() - t0, recognizer.description, recognizer.name)
         self.heartbeat = Heartbeat(
-            self.redis, self.keys, self.worker_id, self.describe,
-            interval=self.settings.heartbeat_interval, ttl=self.settings.heartbeat_ttl,
-            check=self.engine_problem, on_unhealthy=self.engine_failed,
+            self.redis,
+            self.keys,
+            self.worker_id,
+            self.describe,
+            interval=self.settings.heartbeat_interval,
+            ttl=self.settings.heartbeat_ttl,
+            check=self.engine_problem,
+            on_unhealthy=self.engine_failed,
         )
         if self._stopped.is_set():  # told to stop while the model loaded: never register
             self.engine.stop(timeout=0)
@@ -169,15 +191,27 @@ class WorkerRuntime:
         that cannot be bound is logged as an error, not fatal: a worker without metrics still serves."""
         if not self.settings.worker_metrics_port:
             return
-        info = {"worker": self.worker_id, "queue": self.queue, "device": self.settings.device,
-                "version": package_version()}
-        metrics = WorkerMetrics(info, health=lambda: self.engine.health() if self.engine else HEALTH_LOADING,
-                                streams=lambda: self.engine.open_streams if self.engine else 0)
+        info = {
+            "worker": self.worker_id,
+            "queue": self.queue,
+            "device": self.settings.device,
+            "version": package_version(),
+        }
+        metrics = WorkerMetrics(
+            info,
+            health=lambda: self.engine.health() if self.engine else HEALTH_LOADING,
+            streams=lambda: self.engine.open_streams if self.engine else 0,
+        )
         try:
             metrics.serve(self.settings.worker_metrics_port, self.settings.worker_metrics_addr)
         except OSError as exc:
-            logger.error("worker %s cannot serve metrics on %s:%d: %s", self.worker_id,
-                         self.settings.worker_metrics_addr, self.settings.worker_metrics_port, exc)
+            logger.error(
+                "worker %s cannot serve metrics on %s:%d: %s",
+                self.worker_id,
+                self.settings.worker_metrics_addr,
+                self.settings.worker_metrics_port,
+                exc,
+            )
             return
         self.metrics = metrics
 
@@ -207,8 +241,9 @@ class WorkerRuntime:
         """
         if not self._failing.acquire(blocking=False):
             return
-        logger.critical("worker %s: %s; deregistering and exiting with status %d",
-                        self.worker_id, reason, EXIT_ENGINE_DIED)
+        logger.critical(
+            "worker %s: %s; deregistering and exiting with status %d", self.worker_id, reason, EXIT_ENGINE_DIED
+        )
         if self.heartbeat is not None:
             self.heartbeat.stop(deregister=True)
         if self.engine is not None:
@@ -250,8 +285,12 @@ class WorkerRuntime:
                 self.heartbeat.beat()
             except redis.RedisError as exc:  # the next beat carries it
                 logger.warning("could not publish the draining flag at once: %s", exc)
-        logger.warning("worker %s %s: %d open streams", self.worker_id,
-                       "draining (no new sessions)" if draining else "no longer draining", self.open_streams)
+        logger.warning(
+            "worker %s %s: %d open streams",
+            self.worker_id,
+            "draining (no new sessions)" if draining else "no longer draining",
+            self.open_streams,
+        )
         return {"draining": self.draining, "streams": self.open_streams}
 
     @property

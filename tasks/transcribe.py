@@ -71,8 +71,14 @@ def _add_private_queue(sender: str, instance, **_kwargs) -> None:
     queue = wire.worker_queue(settings.queue, sender)
     instance.app.amqp.queues.select_add(queue)
     _runtime = WorkerRuntime(settings, sender, queue, instance.concurrency, _pool_name(instance.pool_cls))
-    logger.info("worker %s consumes %s and %s (pool %s, concurrency %s)",
-                sender, settings.queue, queue, _runtime.pool, instance.concurrency)
+    logger.info(
+        "worker %s consumes %s and %s (pool %s, concurrency %s)",
+        sender,
+        settings.queue,
+        queue,
+        _runtime.pool,
+        instance.concurrency,
+    )
 
 
 @signals.worker_ready.connect
@@ -109,13 +115,21 @@ def _refuse(payload: Any, error: ProtocolError) -> None:
             try:
                 runtime.publisher([(channel, result)])
             except redis.RedisError as exc:
-                logger.warning("could not answer the refused chunk %d of %s: %s", seq, stream, exc,
-                               extra=stream_fields(stream, seq))
+                logger.warning(
+                    "could not answer the refused chunk %d of %s: %s",
+                    seq,
+                    stream,
+                    exc,
+                    extra=stream_fields(stream, seq),
+                )
             if runtime.engine is not None:
                 runtime.engine.close_stream(stream)  # the session ends: its later chunks need no state
             return
-    logger.error("dropping a malformed chunk task that names no valid reply channel (%s): %s",
-                 error.message, wire.payload_summary(payload))
+    logger.error(
+        "dropping a malformed chunk task that names no valid reply channel (%s): %s",
+        error.message,
+        wire.payload_summary(payload),
+    )
 
 
 @shared_task(name=wire.TASK_CHUNK, ignore_result=True)
@@ -135,8 +149,13 @@ def transcribe_chunk(payload: Any) -> None:
     try:
         runtime.engine.submit(job).wait(timeout=runtime.settings.chunk_timeout)
     except TimeoutError:
-        logger.warning("chunk %s of %s still waiting after %.0f s", job.seq, job.stream, runtime.settings.chunk_timeout,
-                       extra=stream_fields(job.stream, job.seq))
+        logger.warning(
+            "chunk %s of %s still waiting after %.0f s",
+            job.seq,
+            job.stream,
+            runtime.settings.chunk_timeout,
+            extra=stream_fields(job.stream, job.seq),
+        )
 
 
 @shared_task(name=wire.TASK_CLOSE_STREAM, ignore_result=True)

@@ -63,11 +63,15 @@ class Server:
 def sentinel(logdir: Path, master_port: int, down_after_ms: int = 1000, auth_pass: str | None = None) -> Server:
     """A sentinel watching ``MASTER`` at ``master_port`` with quorum 1 (enough alone to fail over)."""
     auth = f"sentinel auth-pass {MASTER} {auth_pass}\n" if auth_pass else ""
-    return Server(logdir, "--sentinel", config=(
-        f"sentinel monitor {MASTER} 127.0.0.1 {master_port} 1\n"
-        f"sentinel down-after-milliseconds {MASTER} {down_after_ms}\n"
-        f"sentinel failover-timeout {MASTER} 5000\n" + auth
-    ))
+    return Server(
+        logdir,
+        "--sentinel",
+        config=(
+            f"sentinel monitor {MASTER} 127.0.0.1 {master_port} 1\n"
+            f"sentinel down-after-milliseconds {MASTER} {down_after_ms}\n"
+            f"sentinel failover-timeout {MASTER} 5000\n" + auth
+        ),
+    )
 
 
 def tls_files(folder: Path) -> dict[str, Path]:
@@ -77,12 +81,50 @@ def tls_files(folder: Path) -> dict[str, Path]:
     files = {name: folder / name for name in ("ca.crt", "ca.key", "server.crt", "server.key", "server.csr")}
     (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     for argv in (
-        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=asr-test-ca",
-         "-keyout", files["ca.key"], "-out", files["ca.crt"]],
-        ["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-         "-keyout", files["server.key"], "-out", files["server.csr"]],
-        ["x509", "-req", "-in", files["server.csr"], "-CA", files["ca.crt"], "-CAkey", files["ca.key"],
-         "-CAcreateserial", "-days", "1", "-extfile", folder / "san.ext", "-out", files["server.crt"]],
+        [
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=asr-test-ca",
+            "-keyout",
+            files["ca.key"],
+            "-out",
+            files["ca.crt"],
+        ],
+        [
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            files["server.key"],
+            "-out",
+            files["server.csr"],
+        ],
+        [
+            "x509",
+            "-req",
+            "-in",
+            files["server.csr"],
+            "-CA",
+            files["ca.crt"],
+            "-CAkey",
+            files["ca.key"],
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            folder / "san.ext",
+            "-out",
+            files["server.crt"],
+        ],
     ):
         subprocess.run([OPENSSL, *map(str, argv)], check=True, capture_output=True)
     return files
@@ -90,5 +132,16 @@ def tls_files(folder: Path) -> dict[str, Path]:
 
 def tls_server(logdir: Path, files: dict[str, Path], *args: str) -> Server:
     """A TLS-only Redis (no plain port) with the certificate of :func:`tls_files`; clients need no certificate."""
-    return Server(logdir, "--tls-cert-file", str(files["server.crt"]), "--tls-key-file", str(files["server.key"]),
-                  "--tls-ca-cert-file", str(files["ca.crt"]), "--tls-auth-clients", "no", *args, tls=True)
+    return Server(
+        logdir,
+        "--tls-cert-file",
+        str(files["server.crt"]),
+        "--tls-key-file",
+        str(files["server.key"]),
+        "--tls-ca-cert-file",
+        str(files["ca.crt"]),
+        "--tls-auth-clients",
+        "no",
+        *args,
+        tls=True,
+    )

@@ -21,6 +21,6 @@ def chunk_texts(model_dir: str, pcm: bytes, options: StreamOptions | None = None
     audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
     step = options.chunk_samples
     full = len(audio) // step
-    pieces = [(audio[i * step:(i + 1) * step], False) for i in range(full)] + [(audio[full * step:], True)]
+    pieces = [(audio[i * step : (i + 1) * step], False) for i in range(full)] + [(audio[full * step :], True)]
     state = rec.open_stream(options)
     return [rec.recognize_one(ChunkWork(state, piece, final)) for piece, final in pieces]

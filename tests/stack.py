@@ -89,19 +89,27 @@ class Stack:
 
     def env(self, **overrides) -> dict:
         env = dict(os.environ)
-        env.update({
-            "ASR_REDIS_URL": self.redis_url, "ASR_MODEL": self.model, "ASR_KEY_PREFIX": self.prefix,
-            "ASR_QUEUE": self.queue, "ASR_NCPU": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT),
-            "ASR_BATCHING": os.environ.get("ASR_TEST_BATCHING", "1"),
-        })
+        env.update(
+            {
+                "ASR_REDIS_URL": self.redis_url,
+                "ASR_MODEL": self.model,
+                "ASR_KEY_PREFIX": self.prefix,
+                "ASR_QUEUE": self.queue,
+                "ASR_NCPU": "1",
+                "PYTHONUNBUFFERED": "1",
+                "PYTHONPATH": str(ROOT),
+                "ASR_BATCHING": os.environ.get("ASR_TEST_BATCHING", "1"),
+            }
+        )
         env.update({f"ASR_{k.upper()}": str(v) for k, v in {**self.settings, **overrides}.items()})
         return env
 
     def _spawn(self, name: str, argv: list[str], env: dict) -> Proc:
         log = self.logdir / f"{self.name}-{name}.log"
         handle = log.open("ab")
-        popen = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+        popen = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
         proc = Proc(name, popen, log)
         self.procs.append(proc)
         return proc
@@ -111,8 +119,24 @@ class Stack:
 
     def start_worker(self, name: str = "w1", concurrency: int = 8, wait: bool = True, **overrides) -> Proc:
         worker_id = self.worker_id(name)
-        argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", self.queue, "-n", worker_id,
-                "--concurrency", str(concurrency), "--loglevel", "INFO", "--without-mingle", "--without-gossip"]
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tasks",
+            "worker",
+            "-Q",
+            self.queue,
+            "-n",
+            worker_id,
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            "INFO",
+            "--without-mingle",
+            "--without-gossip",
+        ]
         proc = self._spawn(name, argv, self.env(**overrides))
         if wait:
             self.wait_worker(worker_id, proc)
@@ -123,6 +147,7 @@ class Stack:
             if proc.popen.poll() is not None:
                 raise RuntimeError(f"worker {worker_id} exited:\n{proc.tail()}")
             return self.redis.exists(f"{self.prefix}worker:{worker_id}")
+
         wait_until(registered, timeout, what=f"worker {worker_id} to load its model")
 
     def start_gateway(self, name: str = "gateway", wait_healthy: bool = True, **overrides) -> str:
@@ -136,6 +161,7 @@ class Stack:
                 raise RuntimeError(f"gateway exited:\n{proc.tail()}")
             status, _ = self.get(http + "/healthz")
             return status == 200 or (status == 503 and not wait_healthy)
+
         wait_until(up, 30, what="gateway /healthz")
         self.http, self.url = http, f"ws://127.0.0.1:{port}/ws"
         return self.url
@@ -192,9 +218,24 @@ class PrivateRedis:
             raise RuntimeError("redis-server is not installed")
         self.logdir.mkdir(parents=True, exist_ok=True)
         log = (self.logdir / f"redis-{self.port}.log").open("ab")
-        self.proc = subprocess.Popen([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--maxclients", "10000"],
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxclients",
+                "10000",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         client = redis.Redis(port=self.port)
         wait_until(lambda: _pings(client), 10, what=f"redis-server on port {self.port}")
 

@@ -20,8 +20,7 @@ from packaging.requirements import Requirement
 
 tomllib = pytest.importorskip("tomllib", reason="tomllib: Python 3.11+")
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ["pyproject.toml", "setup.cfg", "README.md", "celeryconfig.py", "wsgi.py", "app", "tasks", "config",
-           "bench"]
+SOURCES = ["pyproject.toml", "setup.cfg", "README.md", "celeryconfig.py", "wsgi.py", "app", "tasks", "config", "bench"]
 
 
 def pyproject() -> dict:
@@ -35,7 +34,8 @@ def requirements(path: Path) -> list[str]:
 
 def test_dependencies_are_requirements_txt_line_for_line():
     assert [str(Requirement(r)) for r in pyproject()["project"]["dependencies"]] == requirements(
-        ROOT / "requirements.txt")
+        ROOT / "requirements.txt"
+    )
 
 
 def test_funasr_is_an_extra_pinned_as_install_sh_installs_it_and_hub_is_requirements_hub():
@@ -52,11 +52,29 @@ def wheel(tmp_path_factory) -> Path:
     src, dist = tmp_path_factory.mktemp("src"), tmp_path_factory.mktemp("dist")
     for name in SOURCES:
         copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
-        copy(ROOT / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__", "out")}
-                                         if (ROOT / name).is_dir() else {}))
-    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                             "--disable-pip-version-check", "-w", str(dist), str(src)],
-                            capture_output=True, text=True, timeout=300, check=False)
+        copy(
+            ROOT / name,
+            src / name,
+            **({"ignore": shutil.ignore_patterns("__pycache__", "out")} if (ROOT / name).is_dir() else {}),
+        )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "-w",
+            str(dist),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     (built,) = dist.glob("funasr_stream-*.whl")
     return built
@@ -65,8 +83,15 @@ def wheel(tmp_path_factory) -> Path:
 def test_the_wheel_ships_the_top_level_modules_static_files_and_console_script(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     static = {f"app/static/{p.name}" for p in (ROOT / "app" / "static").iterdir()}
-    assert {"celeryconfig.py", "wsgi.py", "config/gunicorn.py", "config/cli.py", "bench/plan.py",
-            "tasks/celery.py", "app/static/index.html"} | static <= names
+    assert {
+        "celeryconfig.py",
+        "wsgi.py",
+        "config/gunicorn.py",
+        "config/cli.py",
+        "bench/plan.py",
+        "tasks/celery.py",
+        "app/static/index.html",
+    } | static <= names
     assert not any(n.startswith("tests/") for n in names)
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     assert "funasr-stream = config.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
@@ -79,8 +104,24 @@ def test_the_wheel_ships_the_top_level_modules_static_files_and_console_script(w
 @pytest.fixture(scope="module")
 def installed(wheel, tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("target")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "--disable-pip-version-check",
-                    "--target", str(target), str(wheel)], capture_output=True, text=True, timeout=300, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-compile",
+            "--disable-pip-version-check",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     return target
 
 
@@ -90,10 +131,12 @@ def run_installed(target: Path, argv: list[str], cwd: Path) -> subprocess.Comple
 
 
 def test_the_installed_package_imports_from_where_it_was_installed(installed, tmp_path):
-    code = ("import importlib.util as u, pathlib, app, config.cli, bench.plan, celeryconfig;"
-            "print([u.find_spec(m).origin for m in"
-            "       ('app', 'tasks.celery', 'config.gunicorn', 'celeryconfig', 'wsgi')]);"
-            "print((pathlib.Path(app.__file__).parent / 'static' / 'index.html').is_file())")
+    code = (
+        "import importlib.util as u, pathlib, app, config.cli, bench.plan, celeryconfig;"
+        "print([u.find_spec(m).origin for m in"
+        "       ('app', 'tasks.celery', 'config.gunicorn', 'celeryconfig', 'wsgi')]);"
+        "print((pathlib.Path(app.__file__).parent / 'static' / 'index.html').is_file())"
+    )
     result = run_installed(installed, [sys.executable, "-c", code], tmp_path)
     assert result.returncode == 0, result.stderr
     origins, static = result.stdout.splitlines()

@@ -53,9 +53,24 @@ class BenchStack(Stack):
 
     def start_worker(self, name: str = "w1", concurrency: int = 8, wait: bool = True, **overrides) -> Proc:
         worker_id = self.worker_id(name)
-        argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", self.queue, "-n", worker_id,
-                "--concurrency", str(concurrency), "--loglevel", self.loglevel, "--without-mingle",
-                "--without-gossip"]
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tasks",
+            "worker",
+            "-Q",
+            self.queue,
+            "-n",
+            worker_id,
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            self.loglevel,
+            "--without-mingle",
+            "--without-gossip",
+        ]
         proc = self._spawn(name, argv, self.env(**overrides))
         if wait:
             self.wait_worker(worker_id, proc)
@@ -90,12 +105,18 @@ def ensure_model(path: Path) -> Path:
 
 
 @contextmanager
-def running_stack(opts: Options, name: str, *, workers: list[tuple[str, int]], redis_url: str | None = None,
-                  **settings) -> Iterator[BenchStack]:
+def running_stack(
+    opts: Options, name: str, *, workers: list[tuple[str, int]], redis_url: str | None = None, **settings
+) -> Iterator[BenchStack]:
     """Start workers (name, concurrency) and a gateway with ASR_* ``settings``; stop everything on exit."""
     settings = {"batching": int(opts.batching), **settings}
-    stack = BenchStack(f"{name}-{os.getpid()}", redis_url or opts.redis_url, str(ensure_model(opts.model)),
-                       opts.out / "logs", settings=settings)
+    stack = BenchStack(
+        f"{name}-{os.getpid()}",
+        redis_url or opts.redis_url,
+        str(ensure_model(opts.model)),
+        opts.out / "logs",
+        settings=settings,
+    )
     stack.loglevel = opts.worker_loglevel
     try:
         for worker, concurrency in workers:
@@ -129,8 +150,10 @@ class Checks:
         return all(ok for _, ok, _ in self.items)
 
     def render(self) -> str:
-        return "\n".join(f"{'PASS' if ok else 'FAIL'}  {what}" + (f"  ({detail})" if detail else "")
-                         for what, ok, detail in self.items)
+        return "\n".join(
+            f"{'PASS' if ok else 'FAIL'}  {what}" + (f"  ({detail})" if detail else "")
+            for what, ok, detail in self.items
+        )
 
     def exit_code(self) -> int:
         return EXIT_OK if self.passed else EXIT_FAILED
@@ -142,8 +165,9 @@ class Checks:
 def save_figures(out: Path, figures: dict, checks: Checks) -> None:
     """Write the scenario's own figures and checks to ``out/scenario.json``."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "scenario.json").write_text(json.dumps({"figures": figures, "checks": checks.to_json()}, indent=1,
-                                                  default=str))
+    (out / "scenario.json").write_text(
+        json.dumps({"figures": figures, "checks": checks.to_json()}, indent=1, default=str)
+    )
 
 
 def save_run(result: LoadResult, out: Path, title: str) -> dict:

@@ -59,14 +59,25 @@ def run(opts: Options, args: argparse.Namespace) -> int:
     capacity = args.cap * args.workers
     pcm = audio.noise(args.seconds, seed=4)  # before the stack starts: nothing may delay the burst
     with fresh_stack(opts, args) as (stack, healthy_at):
-        plan = LoadPlan(url=stack.url, pcm=pcm, streams=args.clients, ramp=0.0, frame_ms=opts.frame_ms,
-                        timeout=args.timeout, label="burst")
+        plan = LoadPlan(
+            url=stack.url,
+            pcm=pcm,
+            streams=args.clients,
+            ramp=0.0,
+            frame_ms=opts.frame_ms,
+            timeout=args.timeout,
+            label="burst",
+        )
         account = CpuAccount(stack_pids(stack)).begin()
         result = run_load(plan, progress=opts.progress)
         cpu = account.end()
     out = opts.out / "burst"
-    save_run(result, out, f"burst: {args.clients} clients at once, {args.workers} worker(s) x "
-                                   f"{args.cap} streams, {args.gateway_processes} gateway process(es)")
+    save_run(
+        result,
+        out,
+        f"burst: {args.clients} clients at once, {args.workers} worker(s) x "
+        f"{args.cap} streams, {args.gateway_processes} gateway process(es)",
+    )
     print(format_cpu(cpu))
     first_start = min((r.started for r in result.records), default=healthy_at)
     figures = burst_figures(figures_of(result), capacity, first_start - healthy_at)
@@ -76,10 +87,14 @@ def run(opts: Options, args: argparse.Namespace) -> int:
 @contextmanager
 def fresh_stack(opts: Options, args: argparse.Namespace) -> Iterator[tuple[BenchStack, float]]:
     """Workers first, then the gateway; yields the stack and the monotonic time /healthz first answered 200."""
-    settings = {"batching": int(opts.batching), "worker_max_streams": args.cap,
-                "gateway_processes": args.gateway_processes}
-    stack = BenchStack(f"burst-{os.getpid()}", opts.redis_url, str(ensure_model(opts.model)), opts.out / "logs",
-                       settings=settings)
+    settings = {
+        "batching": int(opts.batching),
+        "worker_max_streams": args.cap,
+        "gateway_processes": args.gateway_processes,
+    }
+    stack = BenchStack(
+        f"burst-{os.getpid()}", opts.redis_url, str(ensure_model(opts.model)), opts.out / "logs", settings=settings
+    )
     stack.loglevel = opts.worker_loglevel
     try:
         for i in range(args.workers):
@@ -124,22 +139,30 @@ def burst_figures(figures: list[SessionFigures], capacity: int, start_delay: flo
     unanswered = [f for f in figures if f.connected is None and f.outcome != REFUSED]
     chunks = [c.latency for f in completed for c in f.chunks]
     return {
-        "clients": len(figures), "capacity": capacity, "start_delay_s": start_delay,
-        "admitted": len(admitted), "peak_open": peak_open(admitted),
+        "clients": len(figures),
+        "capacity": capacity,
+        "start_delay_s": start_delay,
+        "admitted": len(admitted),
+        "peak_open": peak_open(admitted),
         "refused_503": len(refused_503),
         "refused_codes": dict(Counter(f"{f.refused_status} {f.refused_code}" for f in refused)),
         "refused_other": len(refused) - len(refused_503),
-        "unanswered": len(unanswered), "unanswered_errors": dict(Counter(_reason(f) for f in unanswered)),
-        "lost": len(lost), "lost_errors": dict(Counter(_reason(f) for f in lost)),
+        "unanswered": len(unanswered),
+        "unanswered_errors": dict(Counter(_reason(f) for f in unanswered)),
+        "lost": len(lost),
+        "lost_errors": dict(Counter(_reason(f) for f in lost)),
         "completed": len(completed),
-        "chunk_latency": summarize(chunks), "final_latency": summarize(f.final_latency for f in completed),
+        "chunk_latency": summarize(chunks),
+        "final_latency": summarize(f.final_latency for f in completed),
     }
 
 
 def peak_open(admitted: list[SessionFigures]) -> int:
     """Most admitted sessions open at the same time (a sweep over connect/finish times)."""
-    events = sorted([(f.connected, 1) for f in admitted] + [(f.finished or float("inf"), -1) for f in admitted],
-                    key=lambda e: (e[0], e[1]))
+    events = sorted(
+        [(f.connected, 1) for f in admitted] + [(f.finished or float("inf"), -1) for f in admitted],
+        key=lambda e: (e[0], e[1]),
+    )
     peak = running = 0
     for _, delta in events:
         running += delta
@@ -156,26 +179,34 @@ def verdict(fig: dict, args: argparse.Namespace, out) -> int:
     chunk, final = fig["chunk_latency"], fig["final_latency"]
     rows = [
         ("clients started", fig["clients"], f"first {1000 * fig['start_delay_s']:.0f} ms after /healthz 200"),
-        ("admitted (handshake accepted)", fig["admitted"],
-         f"capacity {fig['capacity']}, peak open at once {fig['peak_open']}"),
+        (
+            "admitted (handshake accepted)",
+            fig["admitted"],
+            f"capacity {fig['capacity']}, peak open at once {fig['peak_open']}",
+        ),
         ("refused with 503", fig["refused_503"], _codes(fig["refused_codes"])),
         ("refused otherwise", fig["refused_other"], ""),
         ("no handshake answer", fig["unanswered"], _codes(fig["unanswered_errors"])),
         ("lost (admitted, no final)", fig["lost"], _codes(fig["lost_errors"])),
         ("completed", fig["completed"], ""),
         ("chunk latency p50 / p95, s", f"{num(chunk['p50'])} / {num(chunk['p95'])}", f"{chunk['n']} partials"),
-        ("final latency p50 / p95 / max, s", f"{num(final['p50'])} / {num(final['p95'])} / {num(final['max'])}",
-         ""),
+        ("final latency p50 / p95 / max, s", f"{num(final['p50'])} / {num(final['p95'])} / {num(final['max'])}", ""),
     ]
     print(f"\n=== burst: {fig['clients']} clients at once, {args.seconds:.0f} s audio each ===")
     for label, value, detail in rows:
         print(f"  {label:<34}{value!s:>20}  {detail}")
     checks = Checks()
     checks.check("no admitted session was lost", fig["lost"] == 0, _codes(fig["lost_errors"]))
-    checks.check("admitted sessions within the capacity", fig["admitted"] <= fig["capacity"],
-                 f"admitted {fig['admitted']}, capacity {fig['capacity']}")
-    checks.check("every client admitted or refused with 503", fig["admitted"] + fig["refused_503"] == fig["clients"],
-                 f"{fig['admitted']} + {fig['refused_503']} of {fig['clients']}")
+    checks.check(
+        "admitted sessions within the capacity",
+        fig["admitted"] <= fig["capacity"],
+        f"admitted {fig['admitted']}, capacity {fig['capacity']}",
+    )
+    checks.check(
+        "every client admitted or refused with 503",
+        fig["admitted"] + fig["refused_503"] == fig["clients"],
+        f"{fig['admitted']} + {fig['refused_503']} of {fig['clients']}",
+    )
     print("\n" + checks.render())
     save_figures(out, fig, checks)
     return checks.exit_code()

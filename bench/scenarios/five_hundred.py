@@ -49,15 +49,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gateway-processes", type=int, default=1, help="scaled: gunicorn processes of the gateway")
     p.add_argument("--no-admission", action="store_true", help="admit every session (ASR_MAX_PENDING huge)")
     p.add_argument("--target", type=float, default=0.95, help="success rate the scaled run must reach")
-    p.add_argument("--cap", type=int, default=0,
-                   help="also run the scaled layout with ASR_WORKER_MAX_STREAMS=CAP (0: don't)")
+    p.add_argument(
+        "--cap", type=int, default=0, help="also run the scaled layout with ASR_WORKER_MAX_STREAMS=CAP (0: don't)"
+    )
     p.add_argument("--only", choices=("original", "scaled", "capped"), help="run one of the layouts")
 
 
 def layouts(opts: Options, args: argparse.Namespace) -> dict[str, dict]:
     scaled = f"scaled ({args.workers}x{args.concurrency}, batching {'on' if opts.batching else 'off'})"
-    scaled_layout = {"workers": [(f"w{i + 1}", args.concurrency) for i in range(args.workers)],
-                     "batching": int(opts.batching), "gateway_processes": args.gateway_processes}
+    scaled_layout = {
+        "workers": [(f"w{i + 1}", args.concurrency) for i in range(args.workers)],
+        "batching": int(opts.batching),
+        "gateway_processes": args.gateway_processes,
+    }
     runs = {
         "original (1x1, batching off)": {"workers": [("w1", 1)], "batching": 0},
         scaled: scaled_layout,
@@ -79,11 +83,24 @@ def run(opts: Options, args: argparse.Namespace) -> int:
         if reports:
             time.sleep(COOL_DOWN)
         key = name.split(" ")[0]
-        with running_stack(opts, f"five-{key}", workers=layout["workers"], batching=layout["batching"],
-                           gateway_processes=layout.get("gateway_processes", 1),
-                           **settings, **layout.get("settings", {})) as stack:
-            plan = LoadPlan(url=stack.url, pcm=pcm, streams=args.streams, ramp=args.ramp, frame_ms=opts.frame_ms,
-                            timeout=args.timeout, label=key)
+        with running_stack(
+            opts,
+            f"five-{key}",
+            workers=layout["workers"],
+            batching=layout["batching"],
+            gateway_processes=layout.get("gateway_processes", 1),
+            **settings,
+            **layout.get("settings", {}),
+        ) as stack:
+            plan = LoadPlan(
+                url=stack.url,
+                pcm=pcm,
+                streams=args.streams,
+                ramp=args.ramp,
+                frame_ms=opts.frame_ms,
+                timeout=args.timeout,
+                label=key,
+            )
             account = CpuAccount(stack_pids(stack)).begin()
             result = run_load(plan, progress=opts.progress)
             cpu[name] = account.end()
@@ -93,8 +110,10 @@ def run(opts: Options, args: argparse.Namespace) -> int:
 
 
 def verdict(reports: dict[str, dict], cpu: dict[str, dict], args: argparse.Namespace, opts: Options) -> int:
-    print(f"\n=== {args.streams} streams x {args.seconds:.0f} s audio, ramp {args.ramp:.0f} s, "
-          f"timeout {args.timeout:.0f} s ===")
+    print(
+        f"\n=== {args.streams} streams x {args.seconds:.0f} s audio, ramp {args.ramp:.0f} s, "
+        f"timeout {args.timeout:.0f} s ==="
+    )
     print(format_comparison(reports))
     for name, c in cpu.items():
         print(f"{name}: {format_cpu(c)}")
@@ -102,19 +121,44 @@ def verdict(reports: dict[str, dict], cpu: dict[str, dict], args: argparse.Names
     rates = {n.split(" ")[0]: reports[n]["sessions"]["success_rate"] or 0.0 for n in reports}
     scaled_name = next((n for n in reports if n.startswith("scaled")), None)
     if "original" in rates and "scaled" in rates:
-        checks.check("scaled serves at least as many sessions as the original design",
-                     rates["scaled"] >= rates["original"], f"{pct(rates['scaled'])} vs {pct(rates['original'])}")
+        checks.check(
+            "scaled serves at least as many sessions as the original design",
+            rates["scaled"] >= rates["original"],
+            f"{pct(rates['scaled'])} vs {pct(rates['original'])}",
+        )
     if scaled_name is not None:
-        checks.check(f"scaled success rate >= {pct(args.target)}", rates["scaled"] >= args.target,
-                     pct(rates["scaled"]))
+        checks.check(f"scaled success rate >= {pct(args.target)}", rates["scaled"] >= args.target, pct(rates["scaled"]))
     capped_name = next((n for n in reports if n.startswith("capped")), None)
     if capped_name is not None:
         sessions = reports[capped_name]["sessions"]
-        checks.check("capped: every client served or refused up front, none left untold",
-                     sessions.get("untold", 0) == 0 and sessions.get("timed_out", 0) == 0,
-                     f"untold {sessions.get('untold', 0)}, timed out {sessions.get('timed_out', 0)}")
+        checks.check(
+            "capped: every client served or refused up front, none left untold",
+            sessions.get("untold", 0) == 0 and sessions.get("timed_out", 0) == 0,
+            f"untold {sessions.get('untold', 0)}, timed out {sessions.get('timed_out', 0)}",
+        )
     print("\n" + checks.render())
-    save_figures(opts.out, {"runs": {n: {k: r[k] for k in ("plan", "sessions", "rtf", "rtf_censored", "chunk_latency",
-                                                           "first_partial", "final_latency", "breakdown", "queue")}
-                                     for n, r in reports.items()}, "cpu": cpu}, checks)
+    save_figures(
+        opts.out,
+        {
+            "runs": {
+                n: {
+                    k: r[k]
+                    for k in (
+                        "plan",
+                        "sessions",
+                        "rtf",
+                        "rtf_censored",
+                        "chunk_latency",
+                        "first_partial",
+                        "final_latency",
+                        "breakdown",
+                        "queue",
+                    )
+                }
+                for n, r in reports.items()
+            },
+            "cpu": cpu,
+        },
+        checks,
+    )
     return checks.exit_code()

@@ -45,10 +45,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flood-start", type=float, default=3.0, help="seconds after the healthy sessions start")
     p.add_argument("--flood-seconds", type=float, default=10.0, help="how long each flooder floods, seconds")
     p.add_argument("--flooders", type=int, default=1, help="abusive clients of each kind")
-    p.add_argument("--kind", type=kinds_of, default="tiny-frames",
-                   help=f"flooder kind(s), comma-separated: {', '.join(flooders.KINDS)}")
-    p.add_argument("--never-read-pace", type=float, default=4.0,
-                   help="never-read: audio at this many times real time (0: as fast as the socket takes it)")
+    p.add_argument(
+        "--kind",
+        type=kinds_of,
+        default="tiny-frames",
+        help=f"flooder kind(s), comma-separated: {', '.join(flooders.KINDS)}",
+    )
+    p.add_argument(
+        "--never-read-pace",
+        type=float,
+        default=4.0,
+        help="never-read: audio at this many times real time (0: as fast as the socket takes it)",
+    )
     p.add_argument("--max-lag", type=float, default=1.0, help="bound on the healthy p95 lag during the flood, s")
     p.add_argument("--concurrency", type=int, default=16, help="chunks per worker at once")
     p.add_argument("--timeout", type=float, default=90.0, help="per-session client timeout of the healthy, s")
@@ -64,8 +72,14 @@ def run(opts: Options, args: argparse.Namespace) -> int:
     try:
         with running_stack(opts, "flood", workers=[("w1", args.concurrency)], gateway_processes=1) as stack:
             warm.result(timeout=60)
-            plan = LoadPlan(url=stack.url, pcm=audio.noise(args.seconds, seed=5), streams=args.healthy,
-                            frame_ms=opts.frame_ms, timeout=args.timeout, label="healthy")
+            plan = LoadPlan(
+                url=stack.url,
+                pcm=audio.noise(args.seconds, seed=5),
+                streams=args.healthy,
+                frame_ms=opts.frame_ms,
+                timeout=args.timeout,
+                label="healthy",
+            )
             gateway = gateway_processes(stack_pids(stack)["gateway"])
             account = CpuAccount(stack_pids(stack)).begin()
             result, flood = asyncio.run(_healthy_and_flood(plan, pool, kinds, args, gateway, opts.progress))
@@ -83,8 +97,9 @@ def kinds_of(text: str) -> list[str]:
     kinds = [k.strip() for k in text.split(",") if k.strip()]
     unknown = sorted(set(kinds) - set(flooders.KINDS))
     if unknown or not kinds:
-        raise argparse.ArgumentTypeError(f"unknown flooder kind(s) {unknown or text!r}; "
-                                         f"choose from {', '.join(flooders.KINDS)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown flooder kind(s) {unknown or text!r}; choose from {', '.join(flooders.KINDS)}"
+        )
     return kinds
 
 
@@ -101,8 +116,14 @@ def gateway_rss(pids: list[int]) -> int | None:
     return None if None in values else sum(values)  # type: ignore[arg-type]
 
 
-async def _healthy_and_flood(plan: LoadPlan, pool: ProcessPoolExecutor, kinds: list[str], args: argparse.Namespace,
-                             gateway: list[int], progress: bool) -> tuple[LoadResult, dict]:
+async def _healthy_and_flood(
+    plan: LoadPlan,
+    pool: ProcessPoolExecutor,
+    kinds: list[str],
+    args: argparse.Namespace,
+    gateway: list[int],
+    progress: bool,
+) -> tuple[LoadResult, dict]:
     runner = LoadRunner(plan, progress=progress)
     healthy = asyncio.create_task(runner.run())
     await asyncio.sleep(args.flood_start)
@@ -111,7 +132,8 @@ async def _healthy_and_flood(plan: LoadPlan, pool: ProcessPoolExecutor, kinds: l
     start = time.monotonic()
     sampler = asyncio.create_task(_sample_peak(gateway, memory))
     done = await asyncio.get_running_loop().run_in_executor(
-        pool, flooders.run_flooders, plan.url, kinds, args.flooders, args.flood_seconds, args.never_read_pace)
+        pool, flooders.run_flooders, plan.url, kinds, args.flooders, args.flood_seconds, args.never_read_pace
+    )
     flood_over = time.monotonic()
     memory["after_flood"] = gateway_rss(gateway)
     runner.mark("flooders gone")
@@ -119,9 +141,14 @@ async def _healthy_and_flood(plan: LoadPlan, pool: ProcessPoolExecutor, kinds: l
     sampler.cancel()
     await asyncio.gather(sampler, return_exceptions=True)
     memory["end"] = gateway_rss(gateway)
-    return result, {"start": start, "end": start + args.flood_seconds, "flooders_gone": flood_over,
-                    "flooders": [FlooderRecord.from_json(r) for r in done["records"]], "rss": memory,
-                    "flooder_cpu_s": done["cpu_s"]}
+    return result, {
+        "start": start,
+        "end": start + args.flood_seconds,
+        "flooders_gone": flood_over,
+        "flooders": [FlooderRecord.from_json(r) for r in done["records"]],
+        "rss": memory,
+        "flooder_cpu_s": done["cpu_s"],
+    }
 
 
 async def _sample_peak(pids: list[int], memory: dict) -> None:
@@ -158,9 +185,17 @@ def healthy_sessions(records, start: float, end: float) -> list[dict]:
     for i, rec in enumerate(records):
         during = [s.latency for s in chunk_samples(rec, i) if start <= s.sent < end]
         errors = [e.get("code") for e in rec.errors]
-        rows.append({"session": i, "outcome": classify(rec), "error": rec.error or (errors[0] if errors else None),
-                     "close_code": rec.close_code, "results": len(rec.results), "chunks": len(rec.chunk_ends),
-                     "lag_during": summarize(during)})
+        rows.append(
+            {
+                "session": i,
+                "outcome": classify(rec),
+                "error": rec.error or (errors[0] if errors else None),
+                "close_code": rec.close_code,
+                "results": len(rec.results),
+                "chunks": len(rec.chunk_ends),
+                "lag_during": summarize(during),
+            }
+        )
     return rows
 
 
@@ -169,29 +204,50 @@ def verdict(result: LoadResult, flood: dict, args: argparse.Namespace, out) -> i
     windows = lag_windows(result.records, start, end)
     sessions = healthy_sessions(result.records, start, end)
     flooder_rows = [r.to_json() for r in flood["flooders"]]
-    print(f"\n=== flood: {args.healthy} healthy x {args.seconds:.0f} s; flood +{start - result.t0:.1f} s for "
-          f"{args.flood_seconds:.0f} s (flooders gone after {flood['flooders_gone'] - start:.1f} s) ===")
+    print(
+        f"\n=== flood: {args.healthy} healthy x {args.seconds:.0f} s; flood +{start - result.t0:.1f} s for "
+        f"{args.flood_seconds:.0f} s (flooders gone after {flood['flooders_gone'] - start:.1f} s) ==="
+    )
     print(format_windows(windows))
     print(format_sessions(sessions))
     print(format_flooders(flood["flooders"]))
     print(f"flooders' own CPU: {flood['flooder_cpu_s']:.1f} s (their child process)")
     mem = flood["rss"]
-    print("gateway RSS, MiB: " + ", ".join(f"{k.replace('_', ' ')} {num(_mb(mem.get(k)), 1)}"
-                                           for k in ("before", "peak", "after_flood", "end")))
+    print(
+        "gateway RSS, MiB: "
+        + ", ".join(
+            f"{k.replace('_', ' ')} {num(_mb(mem.get(k)), 1)}" for k in ("before", "peak", "after_flood", "end")
+        )
+    )
     checks = Checks()
     completed = sum(s["outcome"] == COMPLETED for s in sessions)
-    checks.check("every healthy session completed", completed == len(sessions),
-                 "; ".join(f"#{s['session']} {s['outcome']}: {_ending(s)}" for s in sessions
-                           if s["outcome"] != COMPLETED))
+    checks.check(
+        "every healthy session completed",
+        completed == len(sessions),
+        "; ".join(f"#{s['session']} {s['outcome']}: {_ending(s)}" for s in sessions if s["outcome"] != COMPLETED),
+    )
     p95 = windows["during"]["p95"]
-    checks.check(f"healthy p95 lag during the flood <= {args.max_lag:.2f} s", p95 is not None and p95 <= args.max_lag,
-                 f"p95 {num(p95)} s over {windows['during']['n']} results of {windows['during']['chunks_sent']} "
-                 "chunks sent")
+    checks.check(
+        f"healthy p95 lag during the flood <= {args.max_lag:.2f} s",
+        p95 is not None and p95 <= args.max_lag,
+        f"p95 {num(p95)} s over {windows['during']['n']} results of {windows['during']['chunks_sent']} chunks sent",
+    )
     print("\n" + checks.render())
-    save_figures(out, {"kinds": args.kind, "flood_start_s": start - result.t0, "flood_seconds": args.flood_seconds,
-                       "flooders_gone_s": flood["flooders_gone"] - start, "lag": windows, "healthy": sessions,
-                       "flooders": flooder_rows, "flooder_cpu_s": flood["flooder_cpu_s"],
-                       "gateway_rss_mb": {k: _mb(v) for k, v in mem.items()}}, checks)
+    save_figures(
+        out,
+        {
+            "kinds": args.kind,
+            "flood_start_s": start - result.t0,
+            "flood_seconds": args.flood_seconds,
+            "flooders_gone_s": flood["flooders_gone"] - start,
+            "lag": windows,
+            "healthy": sessions,
+            "flooders": flooder_rows,
+            "flooder_cpu_s": flood["flooder_cpu_s"],
+            "gateway_rss_mb": {k: _mb(v) for k, v in mem.items()},
+        },
+        checks,
+    )
     return checks.exit_code()
 
 
@@ -199,17 +255,21 @@ def format_windows(windows: dict) -> str:
     lines = [f"{'healthy lag, s':<22}{'chunks':>8}{'results':>9}{'p50':>8}{'p95':>8}{'max':>8}"]
     for w in WINDOWS:
         s = windows[w]
-        lines.append(f"  {w + (' the flood' if w != 'during' else ' it'):<20}{s['chunks_sent']:>8}{s['n']:>9}"
-                     f"{num(s['p50']):>8}{num(s['p95']):>8}{num(s['max']):>8}")
+        lines.append(
+            f"  {w + (' the flood' if w != 'during' else ' it'):<20}{s['chunks_sent']:>8}{s['n']:>9}"
+            f"{num(s['p50']):>8}{num(s['p95']):>8}{num(s['max']):>8}"
+        )
     return "\n".join(lines)
 
 
 def format_sessions(sessions: list[dict]) -> str:
     return "\n".join(
-        f"  healthy #{s['session']}: {s['outcome']}" + (f" ({_ending(s)})" if s["outcome"] != COMPLETED else "")
+        f"  healthy #{s['session']}: {s['outcome']}"
+        + (f" ({_ending(s)})" if s["outcome"] != COMPLETED else "")
         + f", {s['results']} results for {s['chunks']} chunks, lag during the flood p95 "
-          f"{num(s['lag_during']['p95'])} max {num(s['lag_during']['max'])} s"
-        for s in sessions)
+        f"{num(s['lag_during']['p95'])} max {num(s['lag_during']['max'])} s"
+        for s in sessions
+    )
 
 
 def _ending(session: dict) -> str:
@@ -218,15 +278,19 @@ def _ending(session: dict) -> str:
 
 
 def format_flooders(records: list[FlooderRecord]) -> str:
-    head = (f"{'flooder':<16}{'ended by':<24}{'close':>6}  {'error code':<22}{'closed after s':>15}"
-            f"{'frames out':>12}{'MB out':>9}{'msgs in':>9}{'KB in':>9}")
+    head = (
+        f"{'flooder':<16}{'ended by':<24}{'close':>6}  {'error code':<22}{'closed after s':>15}"
+        f"{'frames out':>12}{'MB out':>9}{'msgs in':>9}{'KB in':>9}"
+    )
     lines = [head]
     for r in records:
         closed = num(r.seconds_to_close) + (" (late)" if r.closed_seen_late else "")
         ended = r.ended_by if r.refused_status is None else f"refused {r.refused_status}"
-        lines.append(f"{r.name:<16}{ended[:23]:<24}{num(r.close_code):>6}  {', '.join(r.codes)[:21] or '-':<22}"
-                     f"{closed:>15}{r.frames_out:>12}{r.bytes_out / MB:>9.2f}{r.messages_in:>9}"
-                     f"{r.bytes_in / 1024:>9.1f}")
+        lines.append(
+            f"{r.name:<16}{ended[:23]:<24}{num(r.close_code):>6}  {', '.join(r.codes)[:21] or '-':<22}"
+            f"{closed:>15}{r.frames_out:>12}{r.bytes_out / MB:>9.2f}{r.messages_in:>9}"
+            f"{r.bytes_in / 1024:>9.1f}"
+        )
     return "\n".join(lines)
 
 

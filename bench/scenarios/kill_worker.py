@@ -47,8 +47,15 @@ def run(opts: Options, args: argparse.Namespace) -> int:
         args.streams, args.seconds = min(args.streams, 10), min(args.seconds, 12.0)
     workers = [("w1", args.concurrency), ("w2", args.concurrency)]
     with running_stack(opts, "kill", workers=workers) as stack:
-        plan = LoadPlan(url=stack.url, pcm=audio.noise(args.seconds, seed=3), streams=args.streams, ramp=1.0,
-                        frame_ms=opts.frame_ms, timeout=args.timeout, label="kill")
+        plan = LoadPlan(
+            url=stack.url,
+            pcm=audio.noise(args.seconds, seed=3),
+            streams=args.streams,
+            ramp=1.0,
+            frame_ms=opts.frame_ms,
+            timeout=args.timeout,
+            label="kill",
+        )
         account = CpuAccount(stack_pids(stack)).begin()
         kill_at = args.kill_at if args.kill_at is not None else args.seconds / 3
         result, kill = asyncio.run(_load_and_kill(plan, stack.worker_procs(), kill_at, opts.progress))
@@ -59,8 +66,9 @@ def run(opts: Options, args: argparse.Namespace) -> int:
     return verdict(result, report, kill, out)
 
 
-async def _load_and_kill(plan: LoadPlan, procs: dict[str, Proc], kill_at: float,
-                         progress: bool) -> tuple[LoadResult, dict]:
+async def _load_and_kill(
+    plan: LoadPlan, procs: dict[str, Proc], kill_at: float, progress: bool
+) -> tuple[LoadResult, dict]:
     runner = LoadRunner(plan, progress=progress)
     task = asyncio.create_task(runner.run())
     start = time.monotonic()
@@ -78,8 +86,12 @@ async def _load_and_kill(plan: LoadPlan, procs: dict[str, Proc], kill_at: float,
     runner.mark(f"kill -9 {victim['id']}")
     await asyncio.to_thread(procs[victim["id"]].kill)
     result = await task
-    return result, {"victim": victim["id"], "victim_streams": victim["streams"], "at": killed_at,
-                    "open_slots": open_slots}
+    return result, {
+        "victim": victim["id"],
+        "victim_streams": victim["streams"],
+        "at": killed_at,
+        "open_slots": open_slots,
+    }
 
 
 def _all_moving(runner: LoadRunner, streams: int) -> bool:
@@ -89,17 +101,22 @@ def _all_moving(runner: LoadRunner, streams: int) -> bool:
 def recovery(result: LoadResult, kill: dict) -> dict:
     """Detection time, and per open session the time from the kill to its first result after it."""
     at = kill["at"]
-    gone = next((s.t for s in result.polls if s.ok and s.t > at and kill["victim"] not in [w["id"] for w in s.workers]),
-                None)
+    gone = next(
+        (s.t for s in result.polls if s.ok and s.t > at and kill["victim"] not in [w["id"] for w in s.workers]), None
+    )
     gaps = []
     for slot in kill["open_slots"]:
         record = result.records[slot]
         after = next((t for t, m in record.messages if t > at and "mode" in m), None)
         if after is not None:
             gaps.append(after - at)
-    return {"detected_s": None if gone is None else gone - at, "resumed": summarize(gaps),
-            "open_at_kill": len(kill["open_slots"]), "stalled": sum(g > STALL for g in gaps),
-            "stalled_resumed": summarize(g for g in gaps if g > STALL)}
+    return {
+        "detected_s": None if gone is None else gone - at,
+        "resumed": summarize(gaps),
+        "open_at_kill": len(kill["open_slots"]),
+        "stalled": sum(g > STALL for g in gaps),
+        "stalled_resumed": summarize(g for g in gaps if g > STALL),
+    }
 
 
 def verdict(result: LoadResult, report: dict, kill: dict, out) -> int:
@@ -108,20 +125,36 @@ def verdict(result: LoadResult, report: dict, kill: dict, out) -> int:
     texts = Counter(r.text for r in result.records if r.final is not None)
     common, _ = texts.most_common(1)[0] if texts else ("", 0)
     differing = sum(n for t, n in texts.items() if t != common)
-    print(f"\nkilled {kill['victim']} ({kill['victim_streams']} streams) at +{kill['at'] - result.t0:.1f} s; "
-          f"sessions open then {rec['open_at_kill']}; gateway noticed after {num(rec['detected_s'])} s; "
-          f"{rec['stalled']} session(s) stalled (no result for > {STALL} s), their first result came "
-          f"p50 {num(rec['stalled_resumed']['p50'])} s, max {num(rec['stalled_resumed']['max'])} s after the kill "
-          f"(every open session moving again after {num(rec['resumed']['max'])} s)")
-    print(f"completed {s['completed']}/{s['attempted']}, failed {s['failed']}, timed out {s['timed_out']}, "
-          f"out of order {s['out_of_order']}, transcripts differing from the common one {differing}")
+    print(
+        f"\nkilled {kill['victim']} ({kill['victim_streams']} streams) at +{kill['at'] - result.t0:.1f} s; "
+        f"sessions open then {rec['open_at_kill']}; gateway noticed after {num(rec['detected_s'])} s; "
+        f"{rec['stalled']} session(s) stalled (no result for > {STALL} s), their first result came "
+        f"p50 {num(rec['stalled_resumed']['p50'])} s, max {num(rec['stalled_resumed']['max'])} s after the kill "
+        f"(every open session moving again after {num(rec['resumed']['max'])} s)"
+    )
+    print(
+        f"completed {s['completed']}/{s['attempted']}, failed {s['failed']}, timed out {s['timed_out']}, "
+        f"out of order {s['out_of_order']}, transcripts differing from the common one {differing}"
+    )
     checks = Checks()
     checks.check("every session completed", s["completed"] == s["attempted"], f"{s['completed']}/{s['attempted']}")
     checks.check("every transcript stayed in chunk order", s["out_of_order"] == 0, f"{s['out_of_order']} out of order")
     checks.check("every transcript equals the others (same audio)", differing == 0, f"{differing} differ")
-    checks.check("every open session got results again", rec["resumed"]["n"] == rec["open_at_kill"],
-                 f"{rec['resumed']['n']}/{rec['open_at_kill']}")
+    checks.check(
+        "every open session got results again",
+        rec["resumed"]["n"] == rec["open_at_kill"],
+        f"{rec['resumed']['n']}/{rec['open_at_kill']}",
+    )
     print("\n" + checks.render())
-    save_figures(out, {"victim": kill["victim"], "victim_streams": kill["victim_streams"],
-                       "killed_at_s": kill["at"] - result.t0, **rec, "transcripts_differing": differing}, checks)
+    save_figures(
+        out,
+        {
+            "victim": kill["victim"],
+            "victim_streams": kill["victim_streams"],
+            "killed_at_s": kill["at"] - result.t0,
+            **rec,
+            "transcripts_differing": differing,
+        },
+        checks,
+    )
     return checks.exit_code()

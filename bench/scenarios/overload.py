@@ -45,16 +45,23 @@ def run(opts: Options, args: argparse.Namespace) -> int:
         args.ramp, args.seconds = min(args.ramp, 10.0), min(args.seconds, 3.0)
     per_worker = math.ceil(args.capacity / args.workers)
     workers = [(f"w{i + 1}", args.concurrency) for i in range(args.workers)]
-    with running_stack(opts, "overload", workers=workers, worker_max_streams=per_worker,
-                       max_pending=args.max_pending) as stack:
-        plan = LoadPlan(url=stack.url, pcm=audio.noise(args.seconds, seed=2), streams=args.clients,
-                        ramp=args.ramp, frame_ms=opts.frame_ms, timeout=args.timeout, label="overload")
+    with running_stack(
+        opts, "overload", workers=workers, worker_max_streams=per_worker, max_pending=args.max_pending
+    ) as stack:
+        plan = LoadPlan(
+            url=stack.url,
+            pcm=audio.noise(args.seconds, seed=2),
+            streams=args.clients,
+            ramp=args.ramp,
+            frame_ms=opts.frame_ms,
+            timeout=args.timeout,
+            label="overload",
+        )
         account = CpuAccount(stack_pids(stack)).begin()
         result = run_load(plan, progress=opts.progress)
         cpu = account.end()
     out = opts.out / "overload"
-    report = save_run(result, out, f"overload: capacity {per_worker * args.workers} streams, "
-                                                    f"{args.clients} clients")
+    report = save_run(result, out, f"overload: capacity {per_worker * args.workers} streams, {args.clients} clients")
     print(format_cpu(cpu))
     return verdict(result, report, per_worker * args.workers, out)
 
@@ -68,25 +75,47 @@ def verdict(result, report: dict, capacity: int, out) -> int:
     told_failures = [f for f in figures if f.outcome in (TIMED_OUT, FAILED) and f.told]
     untold = [f for f in figures if f.outcome in (TIMED_OUT, FAILED) and not f.told]
     streams_max = report["queue"]["streams_max"]
-    print(f"\nclients {len(figures)}: served {len(served)} ({realtime} in real time, {len(served) - realtime} late), "
-          f"refused with 503 {len(refused_503)}, refused otherwise {len(other_refusals)}, "
-          f"ended with an error or queue_status but no final {len(told_failures)}, untold {len(untold)}; "
-          f"peak open streams {streams_max} (capacity {capacity})")
+    print(
+        f"\nclients {len(figures)}: served {len(served)} ({realtime} in real time, {len(served) - realtime} late), "
+        f"refused with 503 {len(refused_503)}, refused otherwise {len(other_refusals)}, "
+        f"ended with an error or queue_status but no final {len(told_failures)}, untold {len(untold)}; "
+        f"peak open streams {streams_max} (capacity {capacity})"
+    )
     if told_failures:
         print("  told but not served: " + ", ".join(f"{k} x{v}" for k, v in _count(told_failures).items()))
     checks = Checks()
-    checks.check("no client timed out or failed without being told", not untold,
-                 ", ".join(f"{k} x{v}" for k, v in _count(untold).items()))
-    checks.check("every refusal at the start was a 503", not other_refusals,
-                 ", ".join(sorted({str(f.refused_status) for f in other_refusals})))
-    checks.check("open streams never exceeded the capacity", (streams_max or 0) <= capacity,
-                 f"peak {streams_max}, capacity {capacity}")
+    checks.check(
+        "no client timed out or failed without being told",
+        not untold,
+        ", ".join(f"{k} x{v}" for k, v in _count(untold).items()),
+    )
+    checks.check(
+        "every refusal at the start was a 503",
+        not other_refusals,
+        ", ".join(sorted({str(f.refused_status) for f in other_refusals})),
+    )
+    checks.check(
+        "open streams never exceeded the capacity",
+        (streams_max or 0) <= capacity,
+        f"peak {streams_max}, capacity {capacity}",
+    )
     checks.check("some clients were served", bool(served), f"{len(served)} served")
     print("\n" + checks.render())
-    save_figures(out, {"clients": len(figures), "served": len(served), "served_realtime": realtime,
-                       "refused_503": len(refused_503), "refused_other": len(other_refusals),
-                       "told_not_served": _count(told_failures), "untold": _count(untold),
-                       "peak_streams": streams_max, "capacity": capacity}, checks)
+    save_figures(
+        out,
+        {
+            "clients": len(figures),
+            "served": len(served),
+            "served_realtime": realtime,
+            "refused_503": len(refused_503),
+            "refused_other": len(other_refusals),
+            "told_not_served": _count(told_failures),
+            "untold": _count(untold),
+            "peak_streams": streams_max,
+            "capacity": capacity,
+        },
+        checks,
+    )
     return checks.exit_code()
 
 

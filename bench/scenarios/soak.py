@@ -40,9 +40,18 @@ def run(opts: Options, args: argparse.Namespace) -> int:
         args.seconds, args.warmup = min(args.seconds, 2.0), min(args.warmup, 40)
     workers = [("w1", args.concurrency), ("w2", args.concurrency)]
     with running_stack(opts, "soak", workers=workers) as stack:
-        plan = LoadPlan(url=stack.url, pcm=audio.noise(args.seconds, seed=6), streams=args.streams,
-                        ramp=args.seconds, frame_ms=opts.frame_ms, timeout=args.timeout, soak_sessions=args.sessions,
-                        warmup_sessions=args.warmup, memory_interval=2.0, label="soak")
+        plan = LoadPlan(
+            url=stack.url,
+            pcm=audio.noise(args.seconds, seed=6),
+            streams=args.streams,
+            ramp=args.seconds,
+            frame_ms=opts.frame_ms,
+            timeout=args.timeout,
+            soak_sessions=args.sessions,
+            warmup_sessions=args.warmup,
+            memory_interval=2.0,
+            label="soak",
+        )
         account = CpuAccount(stack_pids(stack)).begin()
         result = run_load(plan, progress=opts.progress)
         cpu = account.end()
@@ -52,13 +61,18 @@ def run(opts: Options, args: argparse.Namespace) -> int:
     s, memory = report["sessions"], report["memory"]["change"]
     checks = Checks()
     checks.check("every session completed", s["completed"] == s["attempted"], f"{s['completed']}/{s['attempted']}")
-    checks.check("memory was measured at start and end", bool(memory) and all(
-        m["change_pct"] is not None for m in memory.values()), ", ".join(memory) or "no processes found")
+    checks.check(
+        "memory was measured at start and end",
+        bool(memory) and all(m["change_pct"] is not None for m in memory.values()),
+        ", ".join(memory) or "no processes found",
+    )
     for name, m in memory.items():
         growth = m["change_pct"]
-        checks.check(f"{name} RSS grew at most {args.max_growth:.0f} %",
-                     growth is not None and growth <= args.max_growth,
-                     f"{m['start_mb']} -> {m['end_mb']} MiB ({growth} %)")
+        checks.check(
+            f"{name} RSS grew at most {args.max_growth:.0f} %",
+            growth is not None and growth <= args.max_growth,
+            f"{m['start_mb']} -> {m['end_mb']} MiB ({growth} %)",
+        )
     print("\n" + checks.render())
     save_figures(out, {"memory": memory, "sessions": s}, checks)
     return checks.exit_code()

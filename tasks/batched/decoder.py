@@ -95,8 +95,14 @@ class BatchedDecoder:
             out, state = _fsmn(layer.self_attn, normed, fsmn_in[:, li], layout)
             x = residual + out
             normed = layer.norm3(x) if layer.normalize_before else x
-            out, kept = _cross_attention(layer.src_attn, normed, memory, (tokens, frames), (token_rows, frame_rows),
-                                         [None if kv is None else kv[:, li] for kv in kv_in])
+            out, kept = _cross_attention(
+                layer.src_attn,
+                normed,
+                memory,
+                (tokens, frames),
+                (token_rows, frame_rows),
+                [None if kv is None else kv[:, li] for kv in kv_in],
+            )
             x = x + out
             fsmn_out.append(state)
             kv_out.append(kept)
@@ -112,8 +118,15 @@ class BatchedDecoder:
         zeros = x.new_zeros(len(self.decoder.decoders), x.shape[1], self.context)
         return torch.stack([zeros if c.fsmn is None else c.fsmn for c in caches])
 
-    def _output(self, chunks: Sequence[DecoderChunk], order: list[int], scores: torch.Tensor, tokens: Packing,
-                fsmn: torch.Tensor, kv_out: list[list[KeptKV]]) -> tuple[list[torch.Tensor], list[DecoderCache]]:
+    def _output(
+        self,
+        chunks: Sequence[DecoderChunk],
+        order: list[int],
+        scores: torch.Tensor,
+        tokens: Packing,
+        fsmn: torch.Tensor,
+        kv_out: list[list[KeptKV]],
+    ) -> tuple[list[torch.Tensor], list[DecoderCache]]:
         out_scores: list[torch.Tensor] = [scores] * len(chunks)
         caches: list[DecoderCache] = [self.fresh()] * len(chunks)
         for r, run in enumerate(tokens.runs):
@@ -146,8 +159,9 @@ class _FsmnLayout:
         return cls(slot=slot, width=width, window=window)
 
 
-def _fsmn(fsmn: nn.Module, x: torch.Tensor, state: torch.Tensor, layout: _FsmnLayout
-          ) -> tuple[torch.Tensor, torch.Tensor]:
+def _fsmn(
+    fsmn: nn.Module, x: torch.Tensor, state: torch.Tensor, layout: _FsmnLayout
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``MultiHeadedAttentionSANMDecoder.forward`` with a cache, all streams in one convolution.
 
     ``state`` (S, d, kernel - 1) holds each stream's previous FSMN inputs; returns the block's output for the
@@ -169,9 +183,14 @@ def _feed_forward(layer: nn.Module, x: torch.Tensor, rows: RowRouter) -> torch.T
     return rows(ff.w_2, ff.norm(ff.activation(rows(ff.w_1, x))))
 
 
-def _cross_attention(attn: nn.Module, x: torch.Tensor, memory: torch.Tensor, packings: tuple[Packing, Packing],
-                     routers: tuple[RowRouter, RowRouter], kv: list[torch.Tensor | None]
-                     ) -> tuple[torch.Tensor, list[KeptKV]]:
+def _cross_attention(
+    attn: nn.Module,
+    x: torch.Tensor,
+    memory: torch.Tensor,
+    packings: tuple[Packing, Packing],
+    routers: tuple[RowRouter, RowRouter],
+    kv: list[torch.Tensor | None],
+) -> tuple[torch.Tensor, list[KeptKV]]:
     """``MultiHeadedAttentionCrossAtt.forward_chunk``: one batched attention call per run."""
     (tokens, frames), (token_rows, frame_rows) = packings, routers
     q = token_rows(attn.linear_q, x)

@@ -131,8 +131,9 @@ class BatchedEncoder:
             starts.append(chunk.cache.start_idx + chunk.feats.shape[0])
         return inputs, overlaps, starts
 
-    def _layer(self, layer: nn.Module, x: torch.Tensor, packing: Packing, router: RowRouter,
-               kv: list[torch.Tensor | None]) -> tuple[torch.Tensor, list[KeptKV]]:
+    def _layer(
+        self, layer: nn.Module, x: torch.Tensor, packing: Packing, router: RowRouter, kv: list[torch.Tensor | None]
+    ) -> tuple[torch.Tensor, list[KeptKV]]:
         """``EncoderLayerSANM.forward_chunk`` on packed rows."""
         residual = x
         if layer.normalize_before:
@@ -150,16 +151,18 @@ class BatchedEncoder:
             x = layer.norm2(x)
         return x, new_kv
 
-    def _attention(self, attn: nn.Module, x: torch.Tensor, packing: Packing, router: RowRouter,
-                   kv: list[torch.Tensor | None]) -> tuple[torch.Tensor, list[KeptKV]]:
+    def _attention(
+        self, attn: nn.Module, x: torch.Tensor, packing: Packing, router: RowRouter, kv: list[torch.Tensor | None]
+    ) -> tuple[torch.Tensor, list[KeptKV]]:
         """``MultiHeadedAttentionSANM.forward_chunk``: one batched attention and FSMN call per run."""
         qkv = router(attn.linear_q_k_v, x)
         contexts, memories, new_kv = [], [], []
         for run, cache in zip(packing.runs, kv):
             _, _, chunk_size, look_back = run.key
             q, k, v = torch.split(run.view(qkv), attn.h * attn.d_k, dim=-1)
-            q_h, k_h, v_h = (torch.reshape(t, (run.count, run.length, attn.h, attn.d_k)).transpose(1, 2)
-                             for t in (q, k, v))
+            q_h, k_h, v_h = (
+                torch.reshape(t, (run.count, run.length, attn.h, attn.d_k)).transpose(1, 2) for t in (q, k, v)
+            )
             k_h, v_h, kept = _look_back(k_h, v_h, cache, chunk_size, look_back)
             memories.append(attn.forward_fsmn(v, None).reshape(run.count * run.length, -1))
             scores = torch.matmul(q_h * attn.d_k ** (-0.5), k_h.transpose(-2, -1))
@@ -170,9 +173,16 @@ class BatchedEncoder:
         memory = torch.cat(memories) if len(memories) > 1 else memories[0]
         return router(attn.linear_out, context) + memory, new_kv
 
-    def _output(self, chunks: Sequence[EncoderChunk], x: torch.Tensor, packing: Packing, order: list[int],
-                kv_out: list[list[KeptKV]], feats: list[torch.Tensor],
-                starts: list[int]) -> EncoderOutput:
+    def _output(
+        self,
+        chunks: Sequence[EncoderChunk],
+        x: torch.Tensor,
+        packing: Packing,
+        order: list[int],
+        kv_out: list[list[KeptKV]],
+        feats: list[torch.Tensor],
+        starts: list[int],
+    ) -> EncoderOutput:
         spans: list[slice] = [slice(0)] * len(chunks)
         kvs: list[torch.Tensor | None] = [None] * len(chunks)
         for run, per_layer in zip(packing.runs, kv_out):
@@ -190,8 +200,9 @@ def _run_key(chunk: EncoderChunk, x: torch.Tensor) -> tuple:
     return (x.shape[0], cached, chunk.chunk_size, chunk.look_back)
 
 
-def _look_back(k_h: torch.Tensor, v_h: torch.Tensor, cache: torch.Tensor | None, chunk_size: ChunkSize,
-               look_back: int) -> tuple[torch.Tensor, torch.Tensor, KeptKV]:
+def _look_back(
+    k_h: torch.Tensor, v_h: torch.Tensor, cache: torch.Tensor | None, chunk_size: ChunkSize, look_back: int
+) -> tuple[torch.Tensor, torch.Tensor, KeptKV]:
     """Keys/values to attend to and (views of) the look-back to keep, as ``MultiHeadedAttentionSANM.forward_chunk``.
 
     FunASR keeps ``cat(cache, k_h[:, :, :-chunk_size[2]])`` trimmed to ``look_back * chunk_size[1]`` frames (not

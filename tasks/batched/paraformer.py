@@ -65,8 +65,9 @@ class Step:
         return self.is_final and self.audio.shape[0] < TAIL_SAMPLES
 
 
-def plan_steps(prev_samples: np.ndarray, audio: np.ndarray, is_final: bool,
-               options: StreamOptions) -> tuple[list[Step], np.ndarray]:
+def plan_steps(
+    prev_samples: np.ndarray, audio: np.ndarray, is_final: bool, options: StreamOptions
+) -> tuple[list[Step], np.ndarray]:
     """Cut a call into model steps the way ``ParaformerStreaming.inference`` does; also return the samples kept.
 
     A final call always ends with a final step, possibly empty: a final call of exactly one chunk is a full
@@ -96,8 +97,16 @@ class BatchedParaformer:
     under CUDA autocast; ``frontend_workers`` threads compute fbank features. Not thread-safe; :meth:`close` it.
     """
 
-    def __init__(self, model: Any, frontend: Any, tokenizer: Any, *, planner: RowPlanner | None,
-                 dtype: torch.dtype | None = None, frontend_workers: int = 1) -> None:
+    def __init__(
+        self,
+        model: Any,
+        frontend: Any,
+        tokenizer: Any,
+        *,
+        planner: RowPlanner | None,
+        dtype: torch.dtype | None = None,
+        frontend_workers: int = 1,
+    ) -> None:
         if model.training:
             raise ValueError("the model must be in eval mode (dropout off)")
         if getattr(model, "beam_search", None) is not None:
@@ -129,22 +138,26 @@ class BatchedParaformer:
         """Run one step for each item; return each item's tokens and its new cache (input order)."""
         feats, frontends = self._features(items)
         with self._autocast():
-            encoded = self.encoder([
-                EncoderChunk(it.cache.encoder, f, it.options.chunk_size, it.options.encoder_chunk_look_back)
-                for it, f in zip(items, feats)
-            ])
+            encoded = self.encoder(
+                [
+                    EncoderChunk(it.cache.encoder, f, it.options.chunk_size, it.options.encoder_chunk_look_back)
+                    for it, f in zip(items, feats)
+                ]
+            )
         hidden = [encoded.rows[span].float() for span in encoded.spans]
-        embeds, cifs = self.cif([CifChunk(it.cache.cif, h, it.options.chunk_size, it.step.is_final)
-                                 for it, h in zip(items, hidden)])
+        embeds, cifs = self.cif(
+            [CifChunk(it.cache.cif, h, it.options.chunk_size, it.step.is_final) for it, h in zip(items, hidden)]
+        )
         tokens, decoders = self._decode(items, hidden, embeds)
-        caches = [replace(it.cache, frontend=fe, encoder=enc, cif=cif, decoder=dec)
-                  for it, fe, enc, cif, dec in zip(items, frontends, encoded.caches, cifs, decoders)]
+        caches = [
+            replace(it.cache, frontend=fe, encoder=enc, cif=cif, decoder=dec)
+            for it, fe, enc, cif, dec in zip(items, frontends, encoded.caches, cifs, decoders)
+        ]
         return tokens, caches
 
     def _features(self, items: Sequence[StepInput]) -> tuple[list[torch.Tensor | None], list[FrontendCache]]:
         """Encoder features per item (None for tail steps) and new frontend caches (unchanged for tail steps)."""
-        chunks = [FrontendChunk(it.cache.frontend, it.step.audio, it.step.is_final) for it in items
-                  if not it.step.tail]
+        chunks = [FrontendChunk(it.cache.frontend, it.step.audio, it.step.is_final) for it in items if not it.step.tail]
         feats: list[torch.Tensor | None] = [None] * len(items)
         frontends = [it.cache.frontend for it in items]
         if chunks:
@@ -155,8 +168,9 @@ class BatchedParaformer:
                     feats[i], frontends[i] = next(per_chunk)
         return feats, frontends
 
-    def _decode(self, items: Sequence[StepInput], hidden: list[torch.Tensor], embeds: list[torch.Tensor]
-                ) -> tuple[list[list[str]], list[DecoderCache]]:
+    def _decode(
+        self, items: Sequence[StepInput], hidden: list[torch.Tensor], embeds: list[torch.Tensor]
+    ) -> tuple[list[list[str]], list[DecoderCache]]:
         """Decode the items that fired tokens; the others keep their decoder cache and add no token."""
         fired = [i for i, e in enumerate(embeds) if e.shape[0] > 0]
         decoders = [it.cache.decoder for it in items]
@@ -164,11 +178,18 @@ class BatchedParaformer:
         if not fired:
             return tokens, decoders
         with self._autocast():
-            scores, caches = self.decoder([
-                DecoderChunk(items[i].cache.decoder, embeds[i], hidden[i], items[i].options.chunk_size,
-                             items[i].options.decoder_chunk_look_back)
-                for i in fired
-            ])
+            scores, caches = self.decoder(
+                [
+                    DecoderChunk(
+                        items[i].cache.decoder,
+                        embeds[i],
+                        hidden[i],
+                        items[i].options.chunk_size,
+                        items[i].options.decoder_chunk_look_back,
+                    )
+                    for i in fired
+                ]
+            )
         ids = torch.cat(scores).argmax(dim=-1).tolist()  # greedy, as generate_chunk; one device sync in all
         offset = 0
         for i, stream_scores, cache in zip(fired, scores, caches):

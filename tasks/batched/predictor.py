@@ -63,8 +63,10 @@ class BatchedCif:
         lengths = [a.shape[0] for a in alphas]
         alpha = nn.utils.rnn.pad_sequence(list(alphas), batch_first=True)
         hidden = nn.utils.rnn.pad_sequence(list(hiddens), batch_first=True)
-        valid = torch.arange(alpha.shape[1], device=alpha.device)[None, :] < torch.tensor(lengths,
-                                                                                          device=alpha.device)[:, None]
+        valid = (
+            torch.arange(alpha.shape[1], device=alpha.device)[None, :]
+            < torch.tensor(lengths, device=alpha.device)[:, None]
+        )
         fired, emitted, integrate, frames = self._integrate_and_fire(alpha, hidden, valid)
         left = torch.where((integrate > 0.0)[:, None], frames / integrate[:, None], frames)
         tokens = [emitted[i][fired[i]] for i in range(len(chunks))]
@@ -89,8 +91,9 @@ class BatchedCif:
             parts_h.append(torch.zeros((1, chunk.hidden.shape[1]), device=chunk.hidden.device))
         return torch.cat(parts_a), torch.cat(parts_h)
 
-    def _integrate_and_fire(self, alpha: torch.Tensor, hidden: torch.Tensor, valid: torch.Tensor
-                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _integrate_and_fire(
+        self, alpha: torch.Tensor, hidden: torch.Tensor, valid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """FunASR's per-frame loop, vectorized over streams: (fired, emitted, integrate, frames).
 
         ``fired`` (S, T) marks the frames where a token fires, ``emitted`` (S, T, d) its embedding there.

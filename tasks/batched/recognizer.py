@@ -42,8 +42,13 @@ from tasks.recognizer import (
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+_DTYPES = {
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 @dataclass
@@ -70,8 +75,15 @@ class BatchedParaformerRecognizer(StreamingRecognizer):
 
     name = "batched"
 
-    def __init__(self, automodel: Any, *, ncpu: int = 1, dtype: torch.dtype | None = None,
-                 exact: bool | None = None, description: str = "") -> None:
+    def __init__(
+        self,
+        automodel: Any,
+        *,
+        ncpu: int = 1,
+        dtype: torch.dtype | None = None,
+        exact: bool | None = None,
+        description: str = "",
+    ) -> None:
         device = next(automodel.model.parameters()).device
         if dtype is not None and device.type != "cuda":
             raise ValueError(f"autocast dtype {dtype} is only supported on CUDA, not {device}")
@@ -79,14 +91,27 @@ class BatchedParaformerRecognizer(StreamingRecognizer):
             exact = device.type == "cpu" and dtype is None
         self.ncpu = ncpu
         self.exact = exact
-        self.model = BatchedParaformer(automodel.model, automodel.kwargs["frontend"], automodel.kwargs["tokenizer"],
-                                       planner=RowPlanner() if exact else None, dtype=dtype,
-                                       frontend_workers=ncpu)
+        self.model = BatchedParaformer(
+            automodel.model,
+            automodel.kwargs["frontend"],
+            automodel.kwargs["tokenizer"],
+            planner=RowPlanner() if exact else None,
+            dtype=dtype,
+            frontend_workers=ncpu,
+        )
         self.description = description
 
     @classmethod
-    def load(cls, model: str, *, device: str = "cpu", ncpu: int = 1, revision: str = "",
-             dtype: str | torch.dtype | None = None, exact: bool | None = None) -> BatchedParaformerRecognizer:
+    def load(
+        cls,
+        model: str,
+        *,
+        device: str = "cpu",
+        ncpu: int = 1,
+        revision: str = "",
+        dtype: str | torch.dtype | None = None,
+        exact: bool | None = None,
+    ) -> BatchedParaformerRecognizer:
         """Load a FunASR model folder (or hub name) with :func:`~tasks.recognizer.load_automodel`."""
         torch_dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
         automodel = load_automodel(model, device=device, ncpu=ncpu, revision=revision)
@@ -116,8 +141,10 @@ class BatchedParaformerRecognizer(StreamingRecognizer):
                 jobs.append(job)
         with torch.inference_mode():
             self._run(jobs)
-            caches = [self.model.fresh(job.state.options) if job.is_final else replace(job.cache, prev_samples=job.kept)
-                      for job in jobs]
+            caches = [
+                self.model.fresh(job.state.options) if job.is_final else replace(job.cache, prev_samples=job.kept)
+                for job in jobs
+            ]
         texts = [_text(job.tokens) for job in jobs]
         for job, cache, text in zip(jobs, caches, texts):  # commit; nothing before this line touched a state
             job.state.cache = cache
@@ -148,8 +175,7 @@ class BatchedParaformerRecognizer(StreamingRecognizer):
         depth = max((len(job.steps) for job in jobs), default=0)
         for k in range(depth):
             active = [job for job in jobs if k < len(job.steps)]
-            tokens, caches = self.model.step([StepInput(job.cache, job.steps[k], job.state.options)
-                                              for job in active])
+            tokens, caches = self.model.step([StepInput(job.cache, job.steps[k], job.state.options) for job in active])
             for job, new_tokens, cache in zip(active, tokens, caches):
                 job.tokens.extend(new_tokens)
                 job.cache = cache

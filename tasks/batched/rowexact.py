@@ -132,8 +132,14 @@ def _pair_rows(layer: nn.Linear, probe: torch.Tensor, other: torch.Tensor, first
 
 def _shape_key(layer: nn.Linear) -> tuple:
     weight = layer.weight
-    return (layer.in_features, layer.out_features, layer.bias is not None, weight.dtype, weight.device,
-            torch.get_num_threads())
+    return (
+        layer.in_features,
+        layer.out_features,
+        layer.bias is not None,
+        weight.dtype,
+        weight.device,
+        torch.get_num_threads(),
+    )
 
 
 @dataclass(frozen=True)

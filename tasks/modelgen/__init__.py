@@ -62,9 +62,25 @@ from tasks.modelgen.punc import PUNC_LIST, PUNC_SIZES, build_punc_config
 from tasks.modelgen.vad import VAD_SIZES, build_vad_config
 
 __all__ = [
-    "FEATURE_DIM", "KINDS", "MARKER", "PUNC_LIST", "PUNC_SIZES", "SIZES", "VAD_SIZES", "Size", "build",
-    "build_cmvn", "build_config", "build_offline_config", "build_punc_config", "build_tokens", "build_vad_config",
-    "describe", "generate", "instantiate", "main",
+    "FEATURE_DIM",
+    "KINDS",
+    "MARKER",
+    "PUNC_LIST",
+    "PUNC_SIZES",
+    "SIZES",
+    "VAD_SIZES",
+    "Size",
+    "build",
+    "build_cmvn",
+    "build_config",
+    "build_offline_config",
+    "build_punc_config",
+    "build_tokens",
+    "build_vad_config",
+    "describe",
+    "generate",
+    "instantiate",
+    "main",
 ]
 
 

@@ -15,19 +15,39 @@ TOKEN = "s3cret-token"
 GUARDED = Settings(api_token=TOKEN)
 
 
-@pytest.mark.parametrize("header", [
-    f"Bearer {TOKEN}", f"bearer {TOKEN}", f"BEARER {TOKEN}", f"bEaReR {TOKEN}",
-    f"  Bearer   {TOKEN}  ", f"Bearer\t{TOKEN}",
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        f"Bearer {TOKEN}",
+        f"bearer {TOKEN}",
+        f"BEARER {TOKEN}",
+        f"bEaReR {TOKEN}",
+        f"  Bearer   {TOKEN}  ",
+        f"Bearer\t{TOKEN}",
+    ],
+)
 def test_the_bearer_scheme_is_case_insensitive_and_whitespace_is_ignored(header):
     assert token_ok(GUARDED, header, None)
 
 
-@pytest.mark.parametrize("header", [
-    None, "", "Bearer", "Bearer ", TOKEN, f"Basic {TOKEN}", f"Token {TOKEN}", f"Bearer{TOKEN}",
-    f"Bearer {TOKEN[:-1]}X", f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}", f"Bearer {TOKEN.upper()}",
-    f"Bearer {TOKEN} {TOKEN}",
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer ",
+        TOKEN,
+        f"Basic {TOKEN}",
+        f"Token {TOKEN}",
+        f"Bearer{TOKEN}",
+        f"Bearer {TOKEN[:-1]}X",
+        f"Bearer {TOKEN}x",
+        f"Bearer {TOKEN[:-1]}",
+        f"Bearer {TOKEN.upper()}",
+        f"Bearer {TOKEN} {TOKEN}",
+    ],
+)
 def test_a_missing_wrong_or_other_scheme_header_is_refused(header):
     assert not token_ok(GUARDED, header, None)
 
@@ -78,9 +98,17 @@ def test_bearer_token_extracts_the_credentials_only_for_the_bearer_scheme():
 
 def test_admit_refuses_a_bad_token_before_anything_else():
     down = Snapshot(redis_error="connection refused")  # would be a 503 carrying Retry-After
-    refusal = admit(GUARDED, down, room=False, client_sessions=10**6,
-                    auth_header="Bearer wrong", query_token=None, origin="http://evil.example")
+    refusal = admit(
+        GUARDED,
+        down,
+        room=False,
+        client_sessions=10**6,
+        auth_header="Bearer wrong",
+        query_token=None,
+        origin="http://evil.example",
+    )
     assert refusal is not None and (refusal.status, refusal.code, refusal.retry_after) == (401, "unauthorized", None)
-    admitted = admit(GUARDED, down, room=False, client_sessions=0,
-                     auth_header=f"bearer {TOKEN}", query_token=None, origin=None)
+    admitted = admit(
+        GUARDED, down, room=False, client_sessions=0, auth_header=f"bearer {TOKEN}", query_token=None, origin=None
+    )
     assert admitted is not None and admitted.status == 503

@@ -42,7 +42,9 @@ def test_outbox_refuses_past_its_bound_and_drops_droppable_messages_while_behind
 
 
 def test_the_gateway_imports_neither_numpy_nor_torch_nor_funasr():
-    code = ("import sys, app, app.ws, app.api, app.services, app.handler, app.session, app.reader\n"
-            "print(','.join(m for m in ('numpy', 'torch', 'funasr') if m in sys.modules))")
+    code = (
+        "import sys, app, app.ws, app.api, app.services, app.handler, app.session, app.reader\n"
+        "print(','.join(m for m in ('numpy', 'torch', 'funasr') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

@@ -17,8 +17,11 @@ WORKERS = {"w1@h": {"streams": 3, "stats": {"chunks": 40, "batches": 10, "failur
 
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def exposition(metrics: GatewayMetrics) -> dict[tuple[str, tuple], float]:
@@ -47,8 +50,9 @@ def gateway(redis_url):
     apps = []
 
     def make(**settings):
-        app = create_app(Settings(redis_url=redis_url, key_prefix="asrtest-gwmetrics:", queue="gpu-gwmetrics",
-                                  **settings))
+        app = create_app(
+            Settings(redis_url=redis_url, key_prefix="asrtest-gwmetrics:", queue="gpu-gwmetrics", **settings)
+        )
         apps.append(app)
         return app.test_client()
 

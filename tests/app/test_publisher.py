@@ -26,8 +26,15 @@ def test_the_envelope_matches_send_task_field_for_field(redis_url):
     client = redis.Redis.from_url(redis_url)
     app = create_celery_app(Settings.from_env({}, redis_url=redis_url))
     payload = {"stream": "s/0", "seq": 1, "audio": b"\x00\x01" * 50}
-    app.send_task(wire.TASK_CHUNK, args=(payload,), queue="pubtest", routing_key="pubtest",
-                  serializer=wire.SERIALIZER, expires=300, ignore_result=True)
+    app.send_task(
+        wire.TASK_CHUNK,
+        args=(payload,),
+        queue="pubtest",
+        routing_key="pubtest",
+        serializer=wire.SERIALIZER,
+        expires=300,
+        ignore_result=True,
+    )
     publisher = TaskPublisher(app, client).start()
     try:
         publisher.enqueue("pubtest", publisher.message(wire.TASK_CHUNK, (payload,), queue="pubtest", expires=300))

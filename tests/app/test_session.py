@@ -11,8 +11,15 @@ from tasks.wire import ChunkResult
 
 CHUNK = 9600 * 2  # bytes of one default chunk (600 ms)
 CONFIG = json.dumps({"mode": "online", "chunk_size": [5, 10, 5], "wav_name": "t"})
-LIMITS = Limits(config_timeout=5, idle_timeout=30, chunk_timeout=60, max_outstanding_bytes=3 * CHUNK,
-                replay_max_bytes=2 * CHUNK, queue_status_interval=1.0, queue_status_step=10)
+LIMITS = Limits(
+    config_timeout=5,
+    idle_timeout=30,
+    chunk_timeout=60,
+    max_outstanding_bytes=3 * CHUNK,
+    replay_max_bytes=2 * CHUNK,
+    queue_status_interval=1.0,
+    queue_status_step=10,
+)
 UP = Backend(redis_ok=True, workers=frozenset({"w1", "w2"}), pending=0)
 
 
@@ -116,9 +123,14 @@ def test_a_chunk_without_result_ends_the_session_after_the_chunk_timeout():
 
 def test_queue_status_is_paced_by_interval_and_by_jumps():
     s = opened()
+
     def pushed(now, pending):
-        return [a.message["pending"] for a in s.tick(now, Backend(workers=UP.workers, pending=pending))
-                if isinstance(a, Send) and a.message.get("type") == "queue_status"]
+        return [
+            a.message["pending"]
+            for a in s.tick(now, Backend(workers=UP.workers, pending=pending))
+            if isinstance(a, Send) and a.message.get("type") == "queue_status"
+        ]
+
     assert pushed(1.0, 3) == [3]
     assert pushed(1.5, 5) == [], "within the interval, a small change waits"
     assert pushed(1.6, 20) == [20], "a jump is pushed at once"

@@ -6,8 +6,9 @@ CHUNK = 9600 * 2
 
 
 def session(replay_max_bytes: int = 10 * CHUNK) -> StreamSession:
-    return StreamSession("s1", SessionConfig(wav_name="w"), channel="ch", max_frame_bytes=1 << 20,
-                         replay_max_bytes=replay_max_bytes)
+    return StreamSession(
+        "s1", SessionConfig(wav_name="w"), channel="ch", max_frame_bytes=1 << 20, replay_max_bytes=replay_max_bytes
+    )
 
 
 def result(s: StreamSession, seq: int, text: str = "", final: bool = False, **kw) -> ChunkResult:
@@ -105,10 +106,12 @@ def test_the_process_budget_bounds_history_and_is_refunded():
     from app.limits import ReplayBudget
 
     budget = ReplayBudget(3 * CHUNK)
-    a = StreamSession("a", SessionConfig(), channel="c", max_frame_bytes=1 << 20, replay_max_bytes=10 * CHUNK,
-                      budget=budget)
-    b = StreamSession("b", SessionConfig(), channel="c", max_frame_bytes=1 << 20, replay_max_bytes=10 * CHUNK,
-                      budget=budget)
+    a = StreamSession(
+        "a", SessionConfig(), channel="c", max_frame_bytes=1 << 20, replay_max_bytes=10 * CHUNK, budget=budget
+    )
+    b = StreamSession(
+        "b", SessionConfig(), channel="c", max_frame_bytes=1 << 20, replay_max_bytes=10 * CHUNK, budget=budget
+    )
     a.feed(b"\x00" * 3 * CHUNK)
     for seq in range(3):
         a.accept(ChunkResult(a.stream, seq, "x"))
@@ -124,8 +127,14 @@ def test_the_process_budget_bounds_history_and_is_refunded():
 
 def test_timing_breakdown_is_added_when_the_client_asks():
     now = [10.0]
-    s = StreamSession("s2", SessionConfig(timing=True), channel="c", max_frame_bytes=1 << 20,
-                      replay_max_bytes=CHUNK * 4, clock=lambda: now[0])
+    s = StreamSession(
+        "s2",
+        SessionConfig(timing=True),
+        channel="c",
+        max_frame_bytes=1 << 20,
+        replay_max_bytes=CHUNK * 4,
+        clock=lambda: now[0],
+    )
     s.feed(b"\x00" * CHUNK)
     now[0] = 10.5
     delivery = s.accept(ChunkResult("s2/0", 0, "t", timing={"queued": 0.1, "compute": 0.2, "batch": 3}))

@@ -7,8 +7,9 @@ from bench.stats import COMPLETED, FAILED, REFUSED, TIMED_OUT, ChunkSample, Sess
 
 
 def figure(index: int, outcome: str, *, connected: float | None = 1.0, finished: float = 10.0, **kw) -> SessionFigures:
-    return SessionFigures(index=index, outcome=outcome, audio_seconds=4.0, started=0.0, connected=connected,
-                          finished=finished, **kw)
+    return SessionFigures(
+        index=index, outcome=outcome, audio_seconds=4.0, started=0.0, connected=connected, finished=finished, **kw
+    )
 
 
 def test_counts_admitted_refused_lost_and_unanswered():
@@ -31,7 +32,11 @@ def test_counts_admitted_refused_lost_and_unanswered():
 
 
 def test_peak_open_counts_overlapping_sessions_only():
-    figures = [figure(0, COMPLETED, connected=0.0, finished=2.0), figure(1, COMPLETED, connected=1.0, finished=3.0),
-               figure(2, COMPLETED, connected=2.0, finished=4.0), figure(3, COMPLETED, connected=5.0, finished=6.0)]
+    figures = [
+        figure(0, COMPLETED, connected=0.0, finished=2.0),
+        figure(1, COMPLETED, connected=1.0, finished=3.0),
+        figure(2, COMPLETED, connected=2.0, finished=4.0),
+        figure(3, COMPLETED, connected=5.0, finished=6.0),
+    ]
     assert peak_open(figures) == 2  # a session that ends at t frees its slot before one that starts at t
     assert peak_open([]) == 0

@@ -18,9 +18,17 @@ def partial(chunk: int) -> dict:
 
 
 def test_lag_windows_group_by_when_the_chunk_was_sent():
-    rec = SessionRecord(started=0.0, chunk_ends=[1.0, 2.0, 3.0, 4.0, 5.0],
-                        messages=[(1.1, partial(0)), (6.0, partial(1)), (6.5, partial(2)), (5.2, partial(4)),
-                                  (5.3, {"mode": "online", "text": "", "is_final": True, "chunk": 4})])
+    rec = SessionRecord(
+        started=0.0,
+        chunk_ends=[1.0, 2.0, 3.0, 4.0, 5.0],
+        messages=[
+            (1.1, partial(0)),
+            (6.0, partial(1)),
+            (6.5, partial(2)),
+            (5.2, partial(4)),
+            (5.3, {"mode": "online", "text": "", "is_final": True, "chunk": 4}),
+        ],
+    )
     windows = lag_windows([rec], start=2.0, end=4.0)
     assert windows["before"]["n"] == 1 and abs(windows["before"]["max"] - 0.1) < 1e-9
     assert windows["during"]["n"] == 2 and abs(windows["during"]["max"] - 4.0) < 1e-9  # 6.0 - 2.0

@@ -8,11 +8,23 @@ import pytest
 
 from bench import plan
 
-THROUGHPUT = {"model": "m", "device": "cpu", "ncpu": 2, "unbatched": {"B": 1, "max_realtime_streams": 5.0},
-              "batched": [{"B": 16, "max_realtime_streams": 20.0}, {"B": 1, "max_realtime_streams": 5.0},
-                          {"B": 4, "max_realtime_streams": 10.0}]}
-REPORT = {"plan": {"streams": 20}, "sessions": {"realtime": 18}, "workers": [{"id": "a"}, {"id": "b"}],
-          "breakdown": {"compute": {"mean": 0.3}, "batch": {"mean": 6.0}}}
+THROUGHPUT = {
+    "model": "m",
+    "device": "cpu",
+    "ncpu": 2,
+    "unbatched": {"B": 1, "max_realtime_streams": 5.0},
+    "batched": [
+        {"B": 16, "max_realtime_streams": 20.0},
+        {"B": 1, "max_realtime_streams": 5.0},
+        {"B": 4, "max_realtime_streams": 10.0},
+    ],
+}
+REPORT = {
+    "plan": {"streams": 20},
+    "sessions": {"realtime": 18},
+    "workers": [{"id": "a"}, {"id": "b"}],
+    "breakdown": {"compute": {"mean": 0.3}, "batch": {"mean": 6.0}},
+}
 
 
 def write(tmp_path, data, name="r.json"):
@@ -53,8 +65,11 @@ def test_plan_for_a_cpu_throughput_result(tmp_path):
 
 
 def test_gpu_results_plan_gpus_and_default_to_the_gpu_workers_concurrency(tmp_path):
-    data = dict(THROUGHPUT, device="cuda:0", batched=[{"B": 16, "max_realtime_streams": 40.0},
-                                                      {"B": 64, "max_realtime_streams": 100.0}])
+    data = dict(
+        THROUGHPUT,
+        device="cuda:0",
+        batched=[{"B": 16, "max_realtime_streams": 40.0}, {"B": 64, "max_realtime_streams": 100.0}],
+    )
     p = plan.plan(plan.load(write(tmp_path, data)), 1000)
     assert plan.streams_per_worker(((16.0, 40.0), (64.0, 100.0)), 0.7, 64) == 64  # 0.7 x 100 = 70 >= 64
     assert (p.workers, p.gpus, p.cores) == (16, 16, 32)  # ceil(1000 / 64)

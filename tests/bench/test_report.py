@@ -54,8 +54,9 @@ def completed_record(start: float = T0, chunk_latency: float = 0.2, chunks: int 
 
 
 def refused_record() -> SessionRecord:
-    return SessionRecord(started=T0, refused_status=503, refused_body={"type": "error", "code": "overloaded"},
-                         finished=T0 + 0.01)
+    return SessionRecord(
+        started=T0, refused_status=503, refused_body={"type": "error", "code": "overloaded"}, finished=T0 + 0.01
+    )
 
 
 def timed_out_record(told: bool) -> SessionRecord:
@@ -68,9 +69,18 @@ def timed_out_record(told: bool) -> SessionRecord:
 
 def result_of(records: list[SessionRecord], seconds: float = 1.9) -> LoadResult:
     plan = LoadPlan(url="ws://127.0.0.1:1/ws", pcm=b"\0\0" * int(16000 * seconds), streams=len(records))
-    polls = [QueueSample(T0 + 0.5, True, pending=3, streams=2, gateway_sessions=2, gateway_pid=1,
-                         workers=({"id": "w1", "pid": 2, "pending": 3, "streams": 2, "stats": {"batches": 5}},)),
-             QueueSample(T0 + 1.0, False)]
+    polls = [
+        QueueSample(
+            T0 + 0.5,
+            True,
+            pending=3,
+            streams=2,
+            gateway_sessions=2,
+            gateway_pid=1,
+            workers=({"id": "w1", "pid": 2, "pending": 3, "streams": 2, "stats": {"batches": 5}},),
+        ),
+        QueueSample(T0 + 1.0, False),
+    ]
     return LoadResult(plan, T0, T0 + 4.0, records, polls)
 
 
@@ -158,8 +168,13 @@ def test_order_check_catches_duplicates_and_reordering():
 
 # --- the report --------------------------------------------------------------------------------------------------
 def test_report_counts_success_and_who_was_told():
-    records = [completed_record(), completed_record(chunk_latency=0.4), refused_record(),
-               timed_out_record(told=True), timed_out_record(told=False)]
+    records = [
+        completed_record(),
+        completed_record(chunk_latency=0.4),
+        refused_record(),
+        timed_out_record(told=True),
+        timed_out_record(told=False),
+    ]
     report = build_report(result_of(records))
     s = report["sessions"]
     assert (s["attempted"], s["connected"], s["completed"], s["refused"], s["timed_out"]) == (5, 4, 2, 1, 2)

@@ -19,8 +19,9 @@ def speech_wav(tmp_path_factory) -> Path:
         pytest.skip("needs espeak-ng and sox")
     folder = tmp_path_factory.mktemp("wav")
     raw, padded = folder / "raw.wav", folder / "speech.wav"
-    subprocess.run(["espeak-ng", "-w", str(raw), "testing the live transcription page with a fake microphone"],
-                   check=True)
+    subprocess.run(
+        ["espeak-ng", "-w", str(raw), "testing the live transcription page with a fake microphone"], check=True
+    )
     subprocess.run(["sox", str(raw), "-r", "16000", "-c", "1", str(padded), "pad", "0.5", "0.5"], check=True)
     return padded
 
@@ -30,10 +31,16 @@ def browser(speech_wav):
     from playwright.sync_api import sync_playwright
 
     args = [
-        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={speech_wav}%noloop", "--autoplay-policy=no-user-gesture-required",
-        "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={speech_wav}%noloop",
+        "--autoplay-policy=no-user-gesture-required",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
     ]
     with sync_playwright() as p:
         instance = p.chromium.launch(executable_path=CHROMIUM, args=args)

@@ -17,16 +17,33 @@ ROOT = Path(__file__).resolve().parents[2]
 def run(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("ASR_")}
     environ.update(PYTHONPATH=str(ROOT), **env)
-    return subprocess.run([sys.executable, "-m", "config.cli", *args], cwd=cwd, env=environ, capture_output=True,
-                          text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "config.cli", *args],
+        cwd=cwd,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_gateway_and_worker_command_lines():
     gateway = cli.gateway_argv(["--worker-tmp-dir", "/dev/shm"])
     assert gateway[:5] == [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "config" / "gunicorn.py")]
     assert gateway[5:] == ["--worker-tmp-dir", "/dev/shm", "wsgi:app"]
-    assert cli.worker_argv(["-Q", "gpu", "-c", "4"]) == [sys.executable, "-m", "celery", "-A", "tasks", "worker",
-                                                         "-Q", "gpu", "-c", "4"]
+    assert cli.worker_argv(["-Q", "gpu", "-c", "4"]) == [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tasks",
+        "worker",
+        "-Q",
+        "gpu",
+        "-c",
+        "4",
+    ]
 
 
 def test_help_lists_every_command(tmp_path):
@@ -43,8 +60,15 @@ def test_an_unknown_command_is_a_usage_error(tmp_path):
 
 def test_config_prints_the_settings_table_as_python_m_config_does(tmp_path):
     result = run("config", cwd=tmp_path)
-    expected = subprocess.run([sys.executable, "-m", "config"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=60, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    expected = subprocess.run(
+        [sys.executable, "-m", "config"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert result.returncode == 0 and result.stdout == expected.stdout and "`ASR_REDIS_URL`" in result.stdout
 
 

@@ -23,10 +23,10 @@ def _record(message: str, *args, exc_info=None, **extra) -> logging.LogRecord:
 
 
 def test_json_lines_keep_newlines_and_control_characters_inside_one_line():
-    line = logs.JsonFormatter().format(_record("session %s\nforged line\r\x1b[31m %s \u2028 名", "abc", "x\"y"))
+    line = logs.JsonFormatter().format(_record("session %s\nforged line\r\x1b[31m %s \u2028 名", "abc", 'x"y'))
     assert "\n" not in line and "\r" not in line and "\u2028" not in line
     entry = json.loads(line)
-    assert entry["message"] == "session abc\nforged line\r\x1b[31m x\"y \u2028 名"
+    assert entry["message"] == 'session abc\nforged line\r\x1b[31m x"y \u2028 名'
     assert entry["level"] == "INFO" and entry["logger"] == "app.handler" and entry["time"].endswith("+00:00")
 
 
@@ -35,8 +35,9 @@ def test_structured_fields_become_keys_and_tracebacks_stay_in_the_line():
         raise RuntimeError("boom\nsecond line")
     except RuntimeError:
         exc_info = sys.exc_info()
-    record = _record("session %s: unexpected error", "s1", exc_info=exc_info,
-                     **logs.fields(session="s1", worker="w1@h", stream=None))
+    record = _record(
+        "session %s: unexpected error", "s1", exc_info=exc_info, **logs.fields(session="s1", worker="w1@h", stream=None)
+    )
     line = logs.JsonFormatter().format(record)
     entry = json.loads(line)
     assert (entry["session"], entry["worker"]) == ("s1", "w1@h") and "stream" not in entry
@@ -79,8 +80,9 @@ def test_gateway_and_worker_started_with_json_log_json_lines(make_stack):
     worker = s.start_worker("w1")
     s.start_gateway()
     gateway_proc = s.procs[-1]
-    record = asyncio.run(StreamClient(s.url, config={"wav_name": "bad\nname"}, pace=0, timeout=30)
-                         .run(audio.noise(1.0, seed=90)))
+    record = asyncio.run(
+        StreamClient(s.url, config={"wav_name": "bad\nname"}, pace=0, timeout=30).run(audio.noise(1.0, seed=90))
+    )
     assert record.final is not None
     s.stop()  # flushes both logs
 

@@ -65,15 +65,18 @@ def test_unix_sockets_reach_kombu_as_redis_socket_urls():
     assert conf["broker_url"] == "redis+socket://:pw@/run/redis.sock?virtual_host=4"
 
 
-@pytest.mark.parametrize("url, reason", [
-    ("http://h", "scheme must be one of"),
-    ("redis://h/0?socket_timeout=1", "unknown option"),
-    ("redis://a,b", "one host only"),
-    ("redis://h:port", "not a number"),
-    ("sentinel://s1", "needs ?master="),
-    ("rediss://h?ssl_cert_reqs=maybe", "ssl_cert_reqs"),
-    ("unix://", "no socket path"),
-])
+@pytest.mark.parametrize(
+    "url, reason",
+    [
+        ("http://h", "scheme must be one of"),
+        ("redis://h/0?socket_timeout=1", "unknown option"),
+        ("redis://a,b", "one host only"),
+        ("redis://h:port", "not a number"),
+        ("sentinel://s1", "needs ?master="),
+        ("rediss://h?ssl_cert_reqs=maybe", "ssl_cert_reqs"),
+        ("unix://", "no socket path"),
+    ],
+)
 def test_malformed_urls_say_what_is_wrong(url, reason):
     with pytest.raises(ValueError, match=reason.replace("?", r"\?")):
         redis_config.parse(url)
@@ -84,8 +87,10 @@ def test_errors_and_redaction_never_show_passwords():
         redis_config.parse("redis://u:hunter2@h/0?bogus=1")
     assert "hunter2" not in str(excinfo.value)
     assert redis_config.redact("redis://u:hunter2@h/0") == "redis://u:***@h/0"
-    assert redis_config.redact("sentinel://:a@s/0?master=m&sentinel_password=b") == \
-        "sentinel://***@s/0?master=m&sentinel_password=***"
+    assert (
+        redis_config.redact("sentinel://:a@s/0?master=m&sentinel_password=b")
+        == "sentinel://***@s/0?master=m&sentinel_password=***"
+    )
     assert redis_config.redact("redis://h:6379/0") == "redis://h:6379/0"
 
 
@@ -95,8 +100,12 @@ def test_errors_and_redaction_never_show_passwords():
 def _kombu_roundtrip(url: str) -> bytes:
     """Publish one message into a queue and read it back through kombu, configured as Celery would be."""
     conf = redis_config.celery_broker(url, {"ack_emulation": False})
-    with Connection(conf["broker_url"], ssl=conf.get("broker_use_ssl"),
-                    transport_options=conf["broker_transport_options"], connect_timeout=5) as conn:
+    with Connection(
+        conf["broker_url"],
+        ssl=conf.get("broker_use_ssl"),
+        transport_options=conf["broker_transport_options"],
+        connect_timeout=5,
+    ) as conn:
         queue = conn.SimpleQueue("asrtest-config-redis")
         try:
             queue.put(b"hello", serializer="raw")

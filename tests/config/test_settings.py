@@ -4,8 +4,15 @@ from config.settings import Settings, describe
 
 
 def test_defaults_and_prefixed_environment_overrides():
-    settings = Settings.from_env({"ASR_MAX_PENDING": "12", "ASR_BATCHING": "off", "ASR_DEVICE": "cuda:1",
-                                  "ASR_BATCH_MAX_WAIT_MS": "2.5", "UNRELATED": "x"})
+    settings = Settings.from_env(
+        {
+            "ASR_MAX_PENDING": "12",
+            "ASR_BATCHING": "off",
+            "ASR_DEVICE": "cuda:1",
+            "ASR_BATCH_MAX_WAIT_MS": "2.5",
+            "UNRELATED": "x",
+        }
+    )
     assert settings.max_pending == 12 and settings.batching is False and settings.device == "cuda:1"
     assert settings.batch_max_wait_ms == 2.5
     assert settings.broker == settings.redis_url, "the broker defaults to the Redis used for results"

@@ -46,6 +46,7 @@ PROBE_COMMAND = ["python", "-m", "tasks.healthcheck"]
 
 # --- loading ------------------------------------------------------------------------------------------------------
 
+
 @functools.cache
 def compose(path: Path = COMPOSE) -> dict:
     return yaml.safe_load(path.read_text())  # resolves the x-* anchors and << merge keys, as compose does
@@ -62,7 +63,8 @@ def compose_service(name: str, *overrides: Path) -> dict:
 def _merge(base, override):
     if isinstance(base, dict) and isinstance(override, dict):
         return {k: _merge(base[k], v) if k in base else v for k, v in override.items()} | {
-            k: v for k, v in base.items() if k not in override}
+            k: v for k, v in base.items() if k not in override
+        }
     return override
 
 
@@ -89,8 +91,11 @@ def k8s_documents() -> list[tuple[str, dict]]:
 
 
 def k8s(kind: str, name: str, file: str | None = None) -> dict:
-    found = [d for f, d in k8s_documents() if d["kind"] == kind and d["metadata"]["name"] == name
-             and (file is None or f == file)]
+    found = [
+        d
+        for f, d in k8s_documents()
+        if d["kind"] == kind and d["metadata"]["name"] == name and (file is None or f == file)
+    ]
     assert len(found) == 1, f"expected one {kind} {name} in {file or 'docker/k8s'}, found {len(found)}"
     return found[0]
 
@@ -131,10 +136,23 @@ def option(argv: list[str], *names: str) -> str | None:
 
 # --- schemas -------------------------------------------------------------------------------------------------------
 
+
 def test_compose_files_follow_the_compose_specification():
-    result = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
-                             str(COMPOSE), str(COMPOSE_GPU)], check=False, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(COMPOSE),
+            str(COMPOSE_GPU),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -142,9 +160,11 @@ CUSTOM_API_GROUPS = ("keda.sh/", "kustomize.config.k8s.io/", "monitoring.coreos.
 
 
 @pytest.mark.parametrize("version", [K8S_VERSION, kubernetes_validate.latest_version()])
-@pytest.mark.parametrize("file,doc", [(f, d) for f, d in k8s_documents()
-                                      if not d["apiVersion"].startswith(CUSTOM_API_GROUPS)],
-                         ids=lambda v: v if isinstance(v, str) else f"{v['kind']}/{v['metadata']['name']}")
+@pytest.mark.parametrize(
+    "file,doc",
+    [(f, d) for f, d in k8s_documents() if not d["apiVersion"].startswith(CUSTOM_API_GROUPS)],
+    ids=lambda v: v if isinstance(v, str) else f"{v['kind']}/{v['metadata']['name']}",
+)
 def test_core_kubernetes_manifests_are_valid_in_strict_mode(file, doc, version):
     kubernetes_validate.validate(doc, version, strict=True)
 
@@ -163,8 +183,18 @@ def test_kustomization_lists_every_manifest_but_the_documented_alternatives():
 
 
 # Fields of KEDA's ScaledObject (keda.sh/v1alpha1; keda docs "ScaledObject specification" and its CRD).
-SCALED_OBJECT_SPEC = {"scaleTargetRef", "pollingInterval", "cooldownPeriod", "initialCooldownPeriod",
-                      "idleReplicaCount", "minReplicaCount", "maxReplicaCount", "fallback", "advanced", "triggers"}
+SCALED_OBJECT_SPEC = {
+    "scaleTargetRef",
+    "pollingInterval",
+    "cooldownPeriod",
+    "initialCooldownPeriod",
+    "idleReplicaCount",
+    "minReplicaCount",
+    "maxReplicaCount",
+    "fallback",
+    "advanced",
+    "triggers",
+}
 TRIGGER_FIELDS = {"type", "name", "metadata", "authenticationRef", "metricType", "useCachedMetrics"}
 PROMETHEUS_REQUIRED = {"serverAddress", "query", "threshold"}
 
@@ -180,14 +210,27 @@ def test_keda_scaled_object_is_well_formed_and_targets_the_worker_deployment():
     assert {d["metadata"]["name"] for _, d in worker_deployments()} == {target["name"]}
     assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"], "0 workers: every session is refused"
     assert set(spec.get("fallback", {"failureThreshold": 1, "replicas": 1})) == {"failureThreshold", "replicas"}
-    assert set(spec.get("advanced", {})) <= {"restoreToOriginalReplicaCount", "horizontalPodAutoscalerConfig",
-                                              "scalingModifiers"}
+    assert set(spec.get("advanced", {})) <= {
+        "restoreToOriginalReplicaCount",
+        "horizontalPodAutoscalerConfig",
+        "scalingModifiers",
+    }
     behavior = spec.get("advanced", {}).get("horizontalPodAutoscalerConfig", {}).get("behavior")
     if behavior:  # KEDA copies it into the HPA it creates: validate it as one
-        kubernetes_validate.validate({
-            "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "keda"},
-            "spec": {"scaleTargetRef": {"kind": "Deployment", "name": target["name"]}, "maxReplicas": 2,
-                     "behavior": behavior}}, K8S_VERSION, strict=True)
+        kubernetes_validate.validate(
+            {
+                "apiVersion": "autoscaling/v2",
+                "kind": "HorizontalPodAutoscaler",
+                "metadata": {"name": "keda"},
+                "spec": {
+                    "scaleTargetRef": {"kind": "Deployment", "name": target["name"]},
+                    "maxReplicas": 2,
+                    "behavior": behavior,
+                },
+            },
+            K8S_VERSION,
+            strict=True,
+        )
     assert spec["triggers"]
     for trigger in spec["triggers"]:
         assert set(trigger) <= TRIGGER_FIELDS and {"type", "metadata"} <= set(trigger), trigger
@@ -200,6 +243,7 @@ def test_keda_scaled_object_is_well_formed_and_targets_the_worker_deployment():
 
 
 # --- settings ------------------------------------------------------------------------------------------------------
+
 
 def deployment_files() -> list[Path]:
     return [p for p in DOCKER.rglob("*") if p.is_file()]
@@ -220,8 +264,11 @@ def test_every_ASR_name_in_docker_is_a_setting_or_a_documented_launch_variable()
 
 def environments() -> list[tuple[str, dict[str, str]]]:
     envs = [(f"compose {name}", compose_env(name)) for name in compose()["services"]]
-    envs += [(f"k8s {d['metadata']['name']} ({f})", k8s_env(d)) for f, d in k8s_documents()
-             if d["kind"] == "Deployment" and "envFrom" in container(d)]
+    envs += [
+        (f"k8s {d['metadata']['name']} ({f})", k8s_env(d))
+        for f, d in k8s_documents()
+        if d["kind"] == "Deployment" and "envFrom" in container(d)
+    ]
     return envs
 
 
@@ -233,23 +280,39 @@ def test_ASR_values_parse_as_their_settings(where, env):
 def test_every_process_agrees_on_redis_queue_and_key_prefix():
     shared = ("ASR_REDIS_URL", "ASR_QUEUE", "ASR_KEY_PREFIX", "ASR_HEARTBEAT_TTL")
     for platform in ("compose", "k8s"):
-        seen = {where: tuple(env.get(k) for k in shared) for where, env in environments()
-                if where.startswith(platform) and "ASR_REDIS_URL" in env}
+        seen = {
+            where: tuple(env.get(k) for k in shared)
+            for where, env in environments()
+            if where.startswith(platform) and "ASR_REDIS_URL" in env
+        }
         assert len(seen) >= 3 and len(set(seen.values())) == 1, seen
 
 
 # --- commands and probes -------------------------------------------------------------------------------------------
 
+
 def worker_commands() -> list[tuple[str, list[str], dict[str, str], object]]:
     """(where, argv, environment, probe command) of every worker definition."""
     service = compose_service("worker", COMPOSE_GPU)
-    out = [("compose+gpu", service["command"], service["environment"], service["healthcheck"]["test"]),
-           ("compose", compose()["services"]["worker"]["command"], compose()["services"]["worker"]["environment"],
-            compose()["services"]["worker"]["healthcheck"]["test"])]
+    out = [
+        ("compose+gpu", service["command"], service["environment"], service["healthcheck"]["test"]),
+        (
+            "compose",
+            compose()["services"]["worker"]["command"],
+            compose()["services"]["worker"]["environment"],
+            compose()["services"]["worker"]["healthcheck"]["test"],
+        ),
+    ]
     for f, d in worker_deployments():
         c = container(d)
-        out.append((f, c["command"], {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]},
-                    c["readinessProbe"]["exec"]["command"]))
+        out.append(
+            (
+                f,
+                c["command"],
+                {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]},
+                c["readinessProbe"]["exec"]["command"],
+            )
+        )
     return out
 
 
@@ -267,8 +330,9 @@ def test_worker_runs_threads_pool_under_the_name_its_probe_looks_up(where, argv,
         assert name == f"$({healthcheck.WORKER_NAME_VAR})" and option(argv, "-Q", "--queues") == "$(ASR_QUEUE)"
         assert "$(POD_NAME)" in env[healthcheck.WORKER_NAME_VAR], "the pod name, from the downward API"
         assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
-        assert [e["name"] for e in container(k8s("Deployment", "asr-worker", where))["env"]].index(
-            "POD_NAME") == 0, "a $(VAR) reference only sees variables defined before it"
+        assert [e["name"] for e in container(k8s("Deployment", "asr-worker", where))["env"]].index("POD_NAME") == 0, (
+            "a $(VAR) reference only sees variables defined before it"
+        )
         assert probe == PROBE_COMMAND
 
 
@@ -347,11 +411,13 @@ def test_gateway_probes_scrapes_and_ingress_use_routes_the_gateway_serves():
     c = container(deployment)
     ready, live = (c[probe]["httpGet"]["path"] for probe in ("readinessProbe", "livenessProbe"))
     assert ready == READY_PATH, "a worker outage must not take the gateways out of the Service"
-    assert live in gateway_routes() and live not in (READY_PATH, WHOLE_SYSTEM_PATH), \
+    assert live in gateway_routes() and live not in (READY_PATH, WHOLE_SYSTEM_PATH), (
         "liveness must not depend on Redis or workers: restarting gateways fixes neither"
+    )
     assert int(settings_of(k8s_env(deployment)).bind.rsplit(":", 1)[1]) == c["ports"][0]["containerPort"]
-    (url,) = re.findall(r"http://127\.0\.0\.1:(\d+)(/\w*)", " ".join(compose()["services"]["gateway"]
-                                                                      ["healthcheck"]["test"]))
+    (url,) = re.findall(
+        r"http://127\.0\.0\.1:(\d+)(/\w*)", " ".join(compose()["services"]["gateway"]["healthcheck"]["test"])
+    )
     assert int(url[0]) == gateway_port() and url[1] == READY_PATH
     ingress = k8s("Ingress", "asr-gateway")["spec"]["rules"][0]["http"]["paths"]
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
@@ -405,6 +471,7 @@ def test_autoscaling_target_stays_below_the_per_worker_cap():
 
 # --- metrics ----------------------------------------------------------------------------------------------------------
 
+
 def _collect(registry, instruments) -> dict[str, set[str]]:
     """Sample name → label names of every series ``registry`` can expose (children made for labelled ones)."""
     from prometheus_client.metrics import MetricWrapperBase
@@ -426,8 +493,12 @@ def gateway_series() -> dict[str, set[str]]:
     from app.metrics import GatewayMetrics
     from app.monitor import Snapshot
 
-    snapshot = Snapshot(taken_at=1.0, redis_error=None, queues={"gpu": 1},
-                        workers={"w@h": {"streams": 1, "stats": {"chunks": 1, "batches": 1, "failures": 0}}})
+    snapshot = Snapshot(
+        taken_at=1.0,
+        redis_error=None,
+        queues={"gpu": 1},
+        workers={"w@h": {"streams": 1, "stats": {"chunks": 1, "batches": 1, "failures": 0}}},
+    )
     metrics = GatewayMetrics(lambda: snapshot, lambda: 1)
     return _collect(metrics.registry, vars(metrics).values())
 
@@ -437,8 +508,9 @@ def worker_series() -> dict[str, set[str]]:
     """Every series a worker's metrics port can expose."""
     from tasks.metrics import WorkerMetrics
 
-    metrics = WorkerMetrics({"worker": "w@h", "queue": "gpu.w@h", "device": "cpu", "version": "0"},
-                            health=lambda: "ok", streams=lambda: 0)
+    metrics = WorkerMetrics(
+        {"worker": "w@h", "queue": "gpu.w@h", "device": "cpu", "version": "0"}, health=lambda: "ok", streams=lambda: 0
+    )
     return _collect(metrics.registry, vars(metrics).values())
 
 
@@ -447,8 +519,12 @@ def exposed_series() -> dict[str, set[str]]:
     return {**gateway_series(), **worker_series(), "up": set()}
 
 
-SUFFIXES = {"gauge": ("",), "counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created"),
-            "info": ("_info",)}
+SUFFIXES = {
+    "gauge": ("",),
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+    "info": ("_info",),
+}
 TARGET_LABELS = {"instance", "job", "namespace", "pod"}  # added by Prometheus's scrape, not by the services
 
 
@@ -471,8 +547,7 @@ def promql() -> list[tuple[str, str]]:
     return queries + [(f"alert {r['alert']}", r["expr"]) for r in alert_rules()]
 
 
-PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
-                "offset"}
+PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset"}
 
 
 def metric_names(expr: str) -> set[str]:
@@ -485,7 +560,9 @@ def metric_names(expr: str) -> set[str]:
 
 def test_metric_names_are_found_in_promql():
     assert metric_names('histogram_quantile(0.9, sum by (le) (rate(x_bucket{a="b"}[5m]))) / max(y)') == {
-        "x_bucket", "y"}
+        "x_bucket",
+        "y",
+    }
 
 
 @pytest.mark.parametrize("where,expr", promql(), ids=lambda v: v if " " not in v else v[:40])
@@ -493,8 +570,9 @@ def test_queries_name_metrics_and_labels_the_services_expose(where, expr):
     series = exposed_series()
     names = metric_names(expr)
     assert names and names <= set(series), f"{where}: unknown {names - set(series)}"
-    labels = {label.strip() for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr)
-              for label in group.split(",")}
+    labels = {
+        label.strip() for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr) for label in group.split(",")
+    }
     labels |= set(re.findall(r"[{,]\s*(\w+)\s*(?:=~|!=|!~|=)", expr))
     known = set().union(*(series[n] for n in names)) | TARGET_LABELS
     assert labels <= known, f"{where}: labels {labels - known} are on none of {sorted(names)}"
@@ -507,8 +585,9 @@ def test_the_renamed_and_dropped_metrics_are_gone_everywhere():
 
 
 def test_the_dashboard_uses_the_provisioned_data_source():
-    provisioned = yaml.safe_load((DOCKER / "grafana" / "provisioning" / "datasources" / "prometheus.yaml")
-                                 .read_text())["datasources"]
+    provisioned = yaml.safe_load((DOCKER / "grafana" / "provisioning" / "datasources" / "prometheus.yaml").read_text())[
+        "datasources"
+    ]
     uids = {d["uid"] for d in provisioned}
     dashboard = json.loads(DASHBOARD.read_text())
     used = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p.get("targets", [])}
@@ -517,9 +596,11 @@ def test_the_dashboard_uses_the_provisioned_data_source():
 
 # --- scraping and alerting ----------------------------------------------------------------------------------------
 
+
 def scrape_config(job: str) -> dict:
-    (found,) = [s for s in yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())["scrape_configs"]
-                if s["job_name"] == job]
+    (found,) = [
+        s for s in yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())["scrape_configs"] if s["job_name"] == job
+    ]
     return found
 
 
@@ -527,8 +608,10 @@ def test_prometheus_scrapes_every_worker_container_on_its_metrics_port():
     scrape = scrape_config("asr-worker")
     assert [sd["names"] for sd in scrape["dns_sd_configs"]] == [["worker"]], "the compose service's DNS name"
     assert {sd["port"] for sd in scrape["dns_sd_configs"]} == {WORKER_METRICS_PORT}
-    for where in (compose_env("worker"), {k: interpolate(v) for k, v in
-                                          compose()["services"]["worker"]["environment"].items()}):
+    for where in (
+        compose_env("worker"),
+        {k: interpolate(v) for k, v in compose()["services"]["worker"]["environment"].items()},
+    ):
         settings = settings_of(where)
         assert settings.worker_metrics_port == WORKER_METRICS_PORT and settings.worker_metrics_addr == "0.0.0.0"
     assert str(WORKER_METRICS_PORT) in compose()["services"]["worker"]["expose"]
@@ -554,16 +637,23 @@ def test_compose_prometheus_loads_the_alert_rules_it_mounts():
     assert "./prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in mounts
 
 
-REQUIRED_ALERTS = {"AsrNoWorkers", "AsrQueueGrowing", "AsrChunkLatencyHigh", "AsrSessionsRefused",
-                   "AsrEngineFailures", "AsrWorkerEngineNotOk"}
+REQUIRED_ALERTS = {
+    "AsrNoWorkers",
+    "AsrQueueGrowing",
+    "AsrChunkLatencyHigh",
+    "AsrSessionsRefused",
+    "AsrEngineFailures",
+    "AsrWorkerEngineNotOk",
+}
 CHUNK_SECONDS = 0.6  # chunk_size[1] = 10 frames of 60 ms: the default chunk (bench/client.py)
 
 
 def test_alert_rules_cover_the_failures_operators_must_hear_about():
     rules = {r["alert"]: r for r in alert_rules()}
     assert REQUIRED_ALERTS <= set(rules)
-    assert all(r["labels"]["severity"] in ("warning", "critical") and r["annotations"]["summary"]
-               for r in rules.values())
+    assert all(
+        r["labels"]["severity"] in ("warning", "critical") and r["annotations"]["summary"] for r in rules.values()
+    )
     latency = rules["AsrChunkLatencyHigh"]
     assert "asr_chunk_latency_seconds_bucket" in latency["expr"] and latency["for"] == "5m"
     assert float(latency["expr"].rsplit(">", 1)[1]) == CHUNK_SECONDS
@@ -605,6 +695,7 @@ def test_alert_rule_unit_tests_pass():
 
 # --- image ---------------------------------------------------------------------------------------------------------
 
+
 def dockerfile_arg(name: str) -> str:
     (value,) = re.findall(rf"^ARG {name}=(\S+)", (DOCKER / "Dockerfile").read_text(), re.MULTILINE)
     return value
@@ -625,10 +716,14 @@ def test_the_hub_client_is_an_opt_in_build_argument():
 
 def test_dockerfile_copies_only_what_its_ignore_file_lets_in_and_runs_as_a_user():
     text = (DOCKER / "Dockerfile").read_text()
-    allowed = {line[1:].rstrip("/") for line in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
-               if line.startswith("!")}
-    sources = {s.rstrip("/") for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.MULTILINE)
-               for s in line.split()[:-1]}
+    allowed = {
+        line[1:].rstrip("/")
+        for line in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    }
+    sources = {
+        s.rstrip("/") for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.MULTILINE) for s in line.split()[:-1]
+    }
     assert sources and sources <= allowed, sources - allowed
     assert all((ROOT / s).exists() for s in sources)
     users = re.findall(r"^USER (\S+)", text, re.MULTILINE)

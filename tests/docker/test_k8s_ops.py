@@ -27,11 +27,39 @@ from tests.docker.test_deploy_files import (
 
 MONITORS = K8S / "monitors.yaml"
 # PodMonitor spec / podMetricsEndpoints fields (monitoring.coreos.com/v1, prometheus-operator API reference).
-POD_MONITOR_SPEC = {"jobLabel", "podTargetLabels", "podMetricsEndpoints", "selector", "namespaceSelector",
-                    "sampleLimit", "targetLimit", "labelLimit", "attachMetadata", "scrapeProtocols"}
-ENDPOINT_FIELDS = {"port", "portNumber", "targetPort", "path", "scheme", "params", "interval", "scrapeTimeout",
-                   "honorLabels", "honorTimestamps", "relabelings", "metricRelabelings", "authorization",
-                   "basicAuth", "oauth2", "tlsConfig", "followRedirects", "enableHttp2", "filterRunning"}
+POD_MONITOR_SPEC = {
+    "jobLabel",
+    "podTargetLabels",
+    "podMetricsEndpoints",
+    "selector",
+    "namespaceSelector",
+    "sampleLimit",
+    "targetLimit",
+    "labelLimit",
+    "attachMetadata",
+    "scrapeProtocols",
+}
+ENDPOINT_FIELDS = {
+    "port",
+    "portNumber",
+    "targetPort",
+    "path",
+    "scheme",
+    "params",
+    "interval",
+    "scrapeTimeout",
+    "honorLabels",
+    "honorTimestamps",
+    "relabelings",
+    "metricRelabelings",
+    "authorization",
+    "basicAuth",
+    "oauth2",
+    "tlsConfig",
+    "followRedirects",
+    "enableHttp2",
+    "filterRunning",
+}
 
 
 def pod_monitors() -> list[dict]:
@@ -41,8 +69,11 @@ def pod_monitors() -> list[dict]:
 def deployments_selected(selector: dict) -> list[tuple[str, dict]]:
     """(file, Deployment) whose pod template labels a matchLabels selector matches."""
     want = selector["matchLabels"].items()
-    return [(f, d) for f, d in k8s_documents() if d["kind"] == "Deployment"
-            and want <= d["spec"]["template"]["metadata"]["labels"].items()]
+    return [
+        (f, d)
+        for f, d in k8s_documents()
+        if d["kind"] == "Deployment" and want <= d["spec"]["template"]["metadata"]["labels"].items()
+    ]
 
 
 def components(deployments: list[tuple[str, dict]]) -> set[str]:
@@ -60,11 +91,15 @@ def job_of(endpoint: dict) -> str | None:
 
 # --- monitors ------------------------------------------------------------------------------------------------------
 
+
 def test_gateways_and_workers_each_have_one_pod_monitor():
     monitors = pod_monitors()
     assert all(m["apiVersion"] == "monitoring.coreos.com/v1" for m in monitors)
     assert sorted(f for m in monitors for f, _ in deployments_selected(m["spec"]["selector"])) == [
-        "gateway.yaml", "worker-gpu.yaml", "worker.yaml"], "the gateway, and both worker variants"
+        "gateway.yaml",
+        "worker-gpu.yaml",
+        "worker.yaml",
+    ], "the gateway, and both worker variants"
 
 
 @pytest.mark.parametrize("monitor", pod_monitors(), ids=lambda m: m["metadata"]["name"])
@@ -98,8 +133,9 @@ def test_the_worker_monitor_scrapes_the_port_the_worker_serves_its_metrics_on():
 
 
 def test_scrape_jobs_carry_the_names_compose_and_the_alert_rules_use():
-    compose_jobs = {s["job_name"] for s in yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())
-                    ["scrape_configs"]}
+    compose_jobs = {
+        s["job_name"] for s in yaml.safe_load((DOCKER / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
+    }
     jobs = {job_of(e) for m in pod_monitors() for e in m["spec"]["podMetricsEndpoints"]}
     assert jobs == {"asr-gateway", "asr-worker"} and jobs <= compose_jobs
 
@@ -111,8 +147,7 @@ def test_the_commented_authorization_is_valid_and_reads_the_gateways_token_secre
     block = re.search(r"^(\s*)# authorization:\n((?:\1#   .*\n)+)", text, re.MULTILINE)
     assert block, "the commented authorization block"
     indent = block.group(1)
-    uncommented = "authorization:\n" + "".join(line[len(indent) + 2:] + "\n"
-                                               for line in block.group(2).splitlines())
+    uncommented = "authorization:\n" + "".join(line[len(indent) + 2 :] + "\n" for line in block.group(2).splitlines())
     auth = yaml.safe_load(uncommented)["authorization"]
     assert auth["type"] == "Bearer"
     (token,) = [e for e in container(k8s("Deployment", "asr-gateway"))["env"] if e["name"] == "ASR_API_TOKEN"]
@@ -129,9 +164,13 @@ def test_keda_reads_series_that_a_monitor_scrapes():
 
 # --- disruption budgets ----------------------------------------------------------------------------------------------
 
+
 def pdb(component: str) -> dict:
-    (found,) = [d for _, d in k8s_documents() if d["kind"] == "PodDisruptionBudget"
-                and components(deployments_selected(d["spec"]["selector"])) == {component}]
+    (found,) = [
+        d
+        for _, d in k8s_documents()
+        if d["kind"] == "PodDisruptionBudget" and components(deployments_selected(d["spec"]["selector"])) == {component}
+    ]
     return found
 
 
@@ -157,6 +196,7 @@ def test_pdbs_cover_every_gateway_and_worker_deployment():
 
 
 # --- worker probes ---------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("file,deployment", worker_deployments(), ids=lambda v: v if isinstance(v, str) else "")
 def test_worker_liveness_cannot_restart_the_workers_because_of_redis(file, deployment):

@@ -30,8 +30,13 @@ def limited(redis_url, tiny_model, logdir):
     """A stack with small limits, so each one is reached in seconds."""
     from tests.stack import Stack
 
-    s = Stack("limited", redis_url, str(tiny_model), logdir,
-              settings={"config_timeout": 1.5, "idle_timeout": 3, "max_outbox_bytes": 4096})
+    s = Stack(
+        "limited",
+        redis_url,
+        str(tiny_model),
+        logdir,
+        settings={"config_timeout": 1.5, "idle_timeout": 3, "max_outbox_bytes": 4096},
+    )
     try:
         s.start_worker("w1")
         s.start_gateway()
@@ -95,8 +100,7 @@ def test_a_client_that_never_reads_is_disconnected_once_it_is_a_bounded_amount_b
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", int(limited.http.rsplit(":", 1)[1])))
-        ws = await websockets.connect(limited.url, sock=sock, subprotocols=["binary"], max_queue=1,
-                                      max_size=None)
+        ws = await websockets.connect(limited.url, sock=sock, subprotocols=["binary"], max_queue=1, max_size=None)
         await ws.send(json.dumps(CONFIG))
         sent = 0
         try:
@@ -177,8 +181,9 @@ def test_text_messages_do_not_keep_an_idle_session_open(limited):
 
 
 def test_client_supplied_names_cannot_forge_log_lines(stack):
-    record = asyncio.run(StreamClient(stack.url, config={"wav_name": "evil\nFORGED log line"}, pace=0)
-                         .run(audio.noise(0.7, seed=302)))
+    record = asyncio.run(
+        StreamClient(stack.url, config={"wav_name": "evil\nFORGED log line"}, pace=0).run(audio.noise(0.7, seed=302))
+    )
     assert record.final is not None
     gateway_log = next(p for p in stack.procs if p.name == "gateway").log.read_text(errors="replace")
     assert "evil\\nFORGED" in gateway_log

@@ -51,6 +51,7 @@ def test_backlog_over_the_limit_refuses_new_sessions_but_never_cuts_admitted_one
 
             def everyone_told():
                 return all(any(p > 3 for _, p in c.record.queue_statuses) for c in clients)
+
             await asyncio.to_thread(wait_until, everyone_told, 10, 0.1, "queue_status showing the backlog")
         finally:
             os.kill(worker.popen.pid, signal.SIGCONT)

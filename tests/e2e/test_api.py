@@ -59,4 +59,5 @@ def test_metrics_count_sessions_chunks_and_latency_and_expose_the_back_end(stack
 
     def worker_chunks():  # workers report their counts with their next heartbeat
         return sum(v for k, v in scrape(stack.http).items() if k.startswith("asr_worker_chunks_total"))
+
     wait_until(lambda: worker_chunks() >= 4, 5, what="worker chunk counters")

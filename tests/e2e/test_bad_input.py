@@ -64,9 +64,19 @@ def test_garbage_text_mid_stream_is_reported_and_the_session_goes_on(stack, tiny
     expected = reference.chunk_texts(str(tiny_model), pcm)
     half = len(pcm) // 2 // 1920 * 1920
 
-    received, _ = asyncio.run(exchange(stack.url, [
-        CONFIG, pcm[:half], "{{{ not json", {"hello": 1}, pcm[half:], {"is_speaking": False},
-    ]))
+    received, _ = asyncio.run(
+        exchange(
+            stack.url,
+            [
+                CONFIG,
+                pcm[:half],
+                "{{{ not json",
+                {"hello": 1},
+                pcm[half:],
+                {"is_speaking": False},
+            ],
+        )
+    )
 
     assert [e["code"] for e in errors(received)] == ["bad_json", "unknown_field"]
     assert "".join(m["text"] for m in received if "mode" in m) == "".join(expected)
@@ -118,4 +128,5 @@ def test_a_client_vanishing_mid_stream_frees_its_state_on_gateway_and_worker(sta
     def freed():
         state = stack.api_queue()
         return state["gateway_sessions"] == 0 and state["streams"] == 0
+
     wait_until(freed, 15, what="the vanished session's state to be freed")

@@ -73,9 +73,14 @@ def flower(redis_url, tiny_model, logdir):
     proc = None
     try:
         stack.start_worker("w1")
-        proc = subprocess.Popen(["/bin/sh", "-c", procfile_command("flower")], cwd=ROOT,
-                                env=flower_env(stack, port, CREDENTIALS), stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", procfile_command("flower")],
+            cwd=ROOT,
+            env=flower_env(stack, port, CREDENTIALS),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         http = f"http://127.0.0.1:{port}"
 
         def up() -> bool:
@@ -85,6 +90,7 @@ def flower(redis_url, tiny_model, logdir):
                 return request(http + "/healthcheck")[0] == 200
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 return False
+
         wait_until(up, 60, what="flower /healthcheck")
         yield stack, http
     finally:
@@ -122,8 +128,15 @@ def test_another_site_cannot_shut_a_worker_down(flower):
 
 def test_the_procfile_line_refuses_to_start_flower_without_credentials(flower):
     stack, port = flower[0], free_port()
-    proc = subprocess.Popen(["/bin/sh", "-c", procfile_command("flower")], cwd=ROOT, env=flower_env(stack, port, None),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", procfile_command("flower")],
+        cwd=ROOT,
+        env=flower_env(stack, port, None),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         output, _ = proc.communicate(timeout=30)
     finally:

@@ -23,9 +23,14 @@ def test_flower_does_not_switch_task_events_on_and_lists_the_private_queues(redi
     proc = None
     try:
         worker = stack.start_worker("w1")
-        proc = subprocess.Popen(["/bin/sh", "-c", procfile_command("flower")], cwd=ROOT,
-                                env=flower_env(stack, port, CREDENTIALS), stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", procfile_command("flower")],
+            cwd=ROOT,
+            env=flower_env(stack, port, CREDENTIALS),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         http = f"http://127.0.0.1:{port}"
 
         def inspected() -> bool:  # ?refresh=1: Flower inspects the workers again and learns their queues
@@ -33,6 +38,7 @@ def test_flower_does_not_switch_task_events_on_and_lists_the_private_queues(redi
                 return request(http + "/api/workers?refresh=1", Authorization=BASIC)[0] == 200
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 return False
+
         wait_until(inspected, 60, 0.5, "flower to answer")
         status, _, body = request(http + "/api/queues/length", Authorization=BASIC)
         # Flower enables events on a 5 s timer from its start (flower/events.py): 7 s covers its first round.

@@ -13,15 +13,34 @@ from websockets.exceptions import ConnectionClosed
 from bench.client import StreamClient
 from tests import audio, reference
 
-FIELDS = ["mode", "chunk_size", "chunk_interval", "wav_name", "wav_format", "audio_fs", "is_speaking", "hotwords",
-          "itn", "encoder_chunk_look_back", "decoder_chunk_look_back", "queue_status", "timing", "is_end", "bogus"]
+FIELDS = [
+    "mode",
+    "chunk_size",
+    "chunk_interval",
+    "wav_name",
+    "wav_format",
+    "audio_fs",
+    "is_speaking",
+    "hotwords",
+    "itn",
+    "encoder_chunk_look_back",
+    "decoder_chunk_look_back",
+    "queue_status",
+    "timing",
+    "is_end",
+    "bogus",
+]
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=8,
 )
-config_like = st.dictionaries(st.sampled_from(FIELDS), json_values | st.sampled_from(
-    ["online", "offline", "2pass", "pcm", [5, 10, 5], "5,10,5", 16000, 8000, True, False]), max_size=8)
+config_like = st.dictionaries(
+    st.sampled_from(FIELDS),
+    json_values
+    | st.sampled_from(["online", "offline", "2pass", "pcm", [5, 10, 5], "5,10,5", 16000, 8000, True, False]),
+    max_size=8,
+)
 text_messages = st.one_of(
     config_like.map(json.dumps),
     st.text(max_size=200),
@@ -67,8 +86,9 @@ def test_fuzzed_sessions_get_only_well_formed_replies_and_the_gateway_stays_up(s
                 assert reply["code"] and reply["message"]
 
     async def fuzz_beside_a_healthy_session():
-        healthy = asyncio.create_task(StreamClient(stack.url, config={"wav_name": "beside"}, pace=1.0,
-                                                   timeout=240).run(pcm))
+        healthy = asyncio.create_task(
+            StreamClient(stack.url, config={"wav_name": "beside"}, pace=1.0, timeout=240).run(pcm)
+        )
         await asyncio.to_thread(one)
         return await healthy
 

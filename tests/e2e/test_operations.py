@@ -27,8 +27,14 @@ pytestmark = pytest.mark.slow
 
 def celery_cli(stack: Stack, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     """``celery -A tasks <args>`` with the stack's environment, as an operator would run it."""
-    return subprocess.run([sys.executable, "-m", "celery", "-A", "tasks", *args], cwd=ROOT, env=stack.env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tasks", *args],
+        cwd=ROOT,
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def control_reply(stack: Stack, kind: str, command: str, worker_id: str) -> dict:
@@ -86,15 +92,17 @@ def test_remote_shutdown_deregisters_at_once_and_the_sessions_move(make_stack, t
     async def scenario():
         clients = [StreamClient(s.url, config={"wav_name": f"r{i}"}, pace=1.0, timeout=60) for i in range(2)]
         sessions = [asyncio.create_task(c.run(pcm)) for c, pcm in zip(clients, pcms)]
-        await asyncio.to_thread(wait_until, lambda: all(len(c.record.texts) >= 1 for c in clients), 30, 0.1,
-                                "first results")
+        await asyncio.to_thread(
+            wait_until, lambda: all(len(c.record.texts) >= 1 for c in clients), 30, 0.1, "first results"
+        )
         busiest = max(s.api_queue()["workers"], key=lambda w: w["streams"])["id"]
         sent = time.monotonic()
         # The worker raises WorkerShutdown before it could reply, so the CLI waits its 1 s and exits 69 ("No nodes
         # replied"), as with any Celery worker.
         done = await asyncio.to_thread(celery_cli, s, "control", "shutdown", "-d", busiest)
-        await asyncio.to_thread(wait_until, lambda: heartbeat(s, busiest) is None, 10, 0.05,
-                                "the heartbeat key to be deleted")
+        await asyncio.to_thread(
+            wait_until, lambda: heartbeat(s, busiest) is None, 10, 0.05, "the heartbeat key to be deleted"
+        )
         return busiest, done, time.monotonic() - sent, await asyncio.gather(*sessions)
 
     stopped, done, gone_after, records = asyncio.run(scenario())
@@ -135,8 +143,9 @@ def test_a_drained_worker_finishes_its_sessions_and_takes_no_new_ones(make_stack
         return s.api_queue()["sampled_at"] > t + 0.3
 
     async def scenario():
-        clients = [(StreamClient(s.url, config={"wav_name": f"d{i}"}, pace=1.0, timeout=60), pcm)
-                   for i, pcm in enumerate(pcms)]
+        clients = [
+            (StreamClient(s.url, config={"wav_name": f"d{i}"}, pace=1.0, timeout=60), pcm) for i, pcm in enumerate(pcms)
+        ]
         before = await started(clients[:2])
         spread = leases()
         reply = await asyncio.to_thread(control_reply, s, "control", "drain", drained)
@@ -155,16 +164,31 @@ def test_a_drained_worker_finishes_its_sessions_and_takes_no_new_ones(make_stack
     for record, pcm in zip(records, pcms):
         assert record.error is None and not record.errors, (record.error, record.errors)
         assert record.texts == [t for t in reference.chunk_texts(str(tiny_model), pcm) if t]
-    wait_until(lambda: control_reply(s, "inspect", "streams", drained)["streams"] == 0, 20, 0.5,
-               "the drained worker's streams to reach 0")
+    wait_until(
+        lambda: control_reply(s, "inspect", "streams", drained)["streams"] == 0,
+        20,
+        0.5,
+        "the drained worker's streams to reach 0",
+    )
     assert control_reply(s, "control", "undrain", drained)["draining"] is False
     assert heartbeat(s, drained)["draining"] is False  # type: ignore[index]
 
 
 def test_autoscale_is_refused_with_a_clear_message(make_stack):
     s = make_stack("autoscale")
-    done = celery_cli(s, "worker", "-Q", s.queue, "-n", s.worker_id("w1"), "--autoscale", "4,1",
-                      "--without-mingle", "--without-gossip", timeout=60)
+    done = celery_cli(
+        s,
+        "worker",
+        "-Q",
+        s.queue,
+        "-n",
+        s.worker_id("w1"),
+        "--autoscale",
+        "4,1",
+        "--without-mingle",
+        "--without-gossip",
+        timeout=60,
+    )
     output = done.stdout + done.stderr
     assert done.returncode != 0, output
     assert "--autoscale 4,1 is not supported" in output and "--concurrency" in output, output
@@ -176,11 +200,25 @@ def test_honcho_runs_two_workers_under_two_names(make_stack):
     env = s.env(worker_concurrency=2)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # run.sh puts .venv/bin first
     log = (s.logdir / f"{s.name}-honcho.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "honcho", "start", "-f", "Procfile", "-c", "worker=2", "worker"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "honcho", "start", "-f", "Procfile", "-c", "worker=2", "worker"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
-        ids = wait_until(lambda: sorted(s.redis.scan_iter(f"{s.prefix}worker:*")) if len(
-            list(s.redis.scan_iter(f"{s.prefix}worker:*"))) == 2 else None, 60, 0.2, "two workers to register")
+        ids = wait_until(
+            lambda: (
+                sorted(s.redis.scan_iter(f"{s.prefix}worker:*"))
+                if len(list(s.redis.scan_iter(f"{s.prefix}worker:*"))) == 2
+                else None
+            ),
+            60,
+            0.2,
+            "two workers to register",
+        )
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

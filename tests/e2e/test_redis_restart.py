@@ -48,8 +48,11 @@ def test_sessions_survive_a_redis_restart_and_new_sessions_work_soon_after(make_
         def new_session_works():
             record = asyncio.run(StreamClient(s.url, pace=0, timeout=20).run(audio.noise(1.0, seed=69)))
             return record.final is not None
+
         wait_until(new_session_works, 30, interval=0.5, what="a new session to succeed after the restart")
-        print(f"new sessions work {time.monotonic() - restarted:.1f} s after the restart; "
-              f"{sum(not r.errors for r in records)}/3 in-flight sessions recovered")
+        print(
+            f"new sessions work {time.monotonic() - restarted:.1f} s after the restart; "
+            f"{sum(not r.errors for r in records)}/3 in-flight sessions recovered"
+        )
     finally:
         server.stop()

@@ -25,8 +25,15 @@ pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="ne
 
 def _inspector(port: int, password: str = "pw", **options) -> redis.Redis:
     """The stack's own client, on the data node itself; no retries, so cleanup after the server is gone is quick."""
-    return redis.Redis(port=port, password=password, db=1, decode_responses=True, retry=Retry(NoBackoff(), 0),
-                       socket_connect_timeout=1, **options)
+    return redis.Redis(
+        port=port,
+        password=password,
+        db=1,
+        decode_responses=True,
+        retry=Retry(NoBackoff(), 0),
+        socket_connect_timeout=1,
+        **options,
+    )
 
 
 def _session(url: str, seed: int, seconds: float = 1.5):
@@ -42,8 +49,9 @@ def _serves_exactly(url: str, model: str, seed: int) -> None:
 
 def test_gateway_and_worker_on_sentinel_serve_sessions_before_and_after_a_failover(make_stack, tiny_model, tmp_path):
     master = Server(tmp_path, "--requirepass", "pw", "--masterauth", "pw").start()
-    replica = Server(tmp_path, "--requirepass", "pw", "--masterauth", "pw",
-                     "--replicaof", "127.0.0.1", str(master.port)).start()
+    replica = Server(
+        tmp_path, "--requirepass", "pw", "--masterauth", "pw", "--replicaof", "127.0.0.1", str(master.port)
+    ).start()
     watcher = sentinel(tmp_path, master.port, auth_pass="pw").start()
     probe = redis.Redis(port=watcher.port, decode_responses=True)
     try:
@@ -57,17 +65,23 @@ def test_gateway_and_worker_on_sentinel_serve_sessions_before_and_after_a_failov
 
         killed = time.monotonic()
         master.stop()  # the sentinel promotes the replica after down-after-milliseconds (1 s)
-        wait_until(lambda: probe.sentinel_get_master_addr_by_name(MASTER)[1] == replica.port, 20,
-                   what="the sentinel to promote the replica")
+        wait_until(
+            lambda: probe.sentinel_get_master_addr_by_name(MASTER)[1] == replica.port,
+            20,
+            what="the sentinel to promote the replica",
+        )
         promoted = time.monotonic()
         s.redis = _inspector(replica.port)
 
         def new_session_works():
             _, record = _session(s.url, seed=81)
             return record.final is not None and not record.errors
+
         wait_until(new_session_works, 30, interval=0.5, what="a new session to succeed after the failover")
-        print(f"failover: replica promoted {promoted - killed:.1f} s after the master died, "
-              f"new sessions served {time.monotonic() - killed:.1f} s after")
+        print(
+            f"failover: replica promoted {promoted - killed:.1f} s after the master died, "
+            f"new sessions served {time.monotonic() - killed:.1f} s after"
+        )
         assert s.redis.exists(f"{s.prefix}worker:{s.worker_id('w1')}"), "the worker heartbeats on the new master"
     finally:
         watcher.stop()

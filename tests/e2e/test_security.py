@@ -21,8 +21,13 @@ TOKEN = "s3cret-token"
 def guarded(redis_url, tiny_model, logdir):
     from tests.stack import Stack
 
-    s = Stack("guarded", redis_url, str(tiny_model), logdir,
-              settings={"api_token": TOKEN, "allowed_origins": "http://good.example", "max_sessions_per_client": 2})
+    s = Stack(
+        "guarded",
+        redis_url,
+        str(tiny_model),
+        logdir,
+        settings={"api_token": TOKEN, "allowed_origins": "http://good.example", "max_sessions_per_client": 2},
+    )
     try:
         s.start_worker("w1")
         s.start_gateway()
@@ -71,8 +76,9 @@ def test_a_client_over_its_session_limit_gets_429(guarded):
     url = f"{guarded.url}?token={TOKEN}"
 
     async def three():
-        holders = [asyncio.create_task(StreamClient(url, pace=1.0).run(audio.noise(3.0, seed=81 + i)))
-                   for i in range(2)]
+        holders = [
+            asyncio.create_task(StreamClient(url, pace=1.0).run(audio.noise(3.0, seed=81 + i))) for i in range(2)
+        ]
         await asyncio.sleep(1.0)
         third = await StreamClient(url, pace=0).run(audio.noise(0.5))
         return await asyncio.gather(*holders), third

@@ -22,8 +22,13 @@ def test_killed_worker_sessions_finish_on_another_worker_with_the_same_text(make
     async def scenario():
         clients = [StreamClient(s.url, config={"wav_name": f"k{i}"}, pace=1.0, timeout=60) for i in range(4)]
         sessions = [asyncio.create_task(c.run(pcm)) for c, pcm in zip(clients, pcms)]
-        await asyncio.to_thread(wait_until, lambda: all(len(c.record.texts) >= 2 for c in clients), 30, 0.1,
-                                "every session to get its first results")
+        await asyncio.to_thread(
+            wait_until,
+            lambda: all(len(c.record.texts) >= 2 for c in clients),
+            30,
+            0.1,
+            "every session to get its first results",
+        )
         busiest = max(s.api_queue()["workers"], key=lambda w: w["streams"])
         procs[busiest["id"]].kill()  # SIGKILL: no goodbye, no deregistration
         return busiest, await asyncio.gather(*sessions)
@@ -60,8 +65,9 @@ def test_a_worker_stopped_gracefully_hands_its_sessions_over_and_exits_promptly(
         # Sent as fast as possible: the worker holds a backlog of chunks when it is told to stop.
         clients = [StreamClient(s.url, config={"wav_name": f"d{i}"}, pace=0, timeout=90) for i in range(4)]
         sessions = [asyncio.create_task(c.run(pcm)) for c, pcm in zip(clients, pcms)]
-        await asyncio.to_thread(wait_until, lambda: all(len(c.record.texts) >= 1 for c in clients), 30, 0.05,
-                                "first results")
+        await asyncio.to_thread(
+            wait_until, lambda: all(len(c.record.texts) >= 1 for c in clients), 30, 0.05, "first results"
+        )
         busiest = max(s.api_queue()["workers"], key=lambda w: w["pending"] + w["streams"])
         procs[busiest["id"]].kill(signal.SIGTERM)  # waits up to 10 s for it to exit, then SIGKILLs
         return busiest["id"], await asyncio.gather(*sessions)

@@ -55,6 +55,7 @@ def batched(tiny_model) -> Iterator[BatchedParaformerRecognizer]:
 
 # --- schedules ---------------------------------------------------------------------------------------------------
 
+
 def audio(rng: np.random.Generator, n: int, kind: str) -> np.ndarray:
     scale = {"loud": 0.3, "quiet": 1e-4, "silent": 0.0}[kind]
     return np.clip(rng.standard_normal(n) * scale, -1.0, 0.99997).astype(np.float32)
@@ -68,12 +69,14 @@ def utterance(rng: np.random.Generator, opts: StreamOptions, chunks: int, final:
 
 def final_size(rng: np.random.Generator, opts: StreamOptions, size_class: str) -> int:
     full = opts.chunk_samples
-    return {"full": full, "partial": int(rng.integers(960, full)), "tail": int(rng.integers(1, 960)),
-            "empty": 0}[size_class]
+    return {"full": full, "partial": int(rng.integers(960, full)), "tail": int(rng.integers(1, 960)), "empty": 0}[
+        size_class
+    ]
 
 
-def run_reference(rec: FunASRStreamingRecognizer, options: list[StreamOptions],
-                  schedules: list[list[Chunk | None]]) -> list[list[str | None]]:
+def run_reference(
+    rec: FunASRStreamingRecognizer, options: list[StreamOptions], schedules: list[list[Chunk | None]]
+) -> list[list[str | None]]:
     texts = []
     for opts, schedule in zip(options, schedules):
         state = rec.open_stream(opts)
@@ -81,8 +84,9 @@ def run_reference(rec: FunASRStreamingRecognizer, options: list[StreamOptions],
     return texts
 
 
-def run_batched(rec: BatchedParaformerRecognizer, options: list[StreamOptions],
-                schedules: list[list[Chunk | None]]) -> list[list[str | None]]:
+def run_batched(
+    rec: BatchedParaformerRecognizer, options: list[StreamOptions], schedules: list[list[Chunk | None]]
+) -> list[list[str | None]]:
     """Round r submits chunk r of every stream that has one (None = the stream is idle that round)."""
     states = [rec.open_stream(o) for o in options]
     texts: list[list[str | None]] = [[] for _ in schedules]
@@ -103,6 +107,7 @@ def assert_parity(reference, batched, options, schedules) -> None:
 
 
 # --- text parity -------------------------------------------------------------------------------------------------
+
 
 def test_staggered_streams_with_mixed_options_match_reference(reference, batched) -> None:
     rng = np.random.default_rng(0)
@@ -126,8 +131,9 @@ def test_final_chunks_of_each_size_class_amid_running_streams(reference, batched
     for i, opts in enumerate(options):
         ends_now = i % 2 == 0  # half the streams end in round 3, the rest keep running past it
         chunks = 3 if ends_now else 5
-        schedules.append(utterance(rng, opts, chunks, final_size(rng, opts, size_class if ends_now else "full"),
-                                   "loud"))
+        schedules.append(
+            utterance(rng, opts, chunks, final_size(rng, opts, size_class if ends_now else "full"), "loud")
+        )
     assert_parity(reference, batched, options, schedules)
 
 
@@ -135,8 +141,10 @@ def test_quiet_and_silent_audio(reference, batched) -> None:
     rng = np.random.default_rng(1)
     options = [OPTION_SETS[i % len(OPTION_SETS)] for i in range(6)]
     kinds = ["quiet", "silent", "loud", "silent", "quiet", "loud"]
-    schedules = [utterance(rng, o, 3, final_size(rng, o, "partial"), k) + utterance(rng, o, 2, 0, "loud")
-                 for o, k in zip(options, kinds)]
+    schedules = [
+        utterance(rng, o, 3, final_size(rng, o, "partial"), k) + utterance(rng, o, 2, 0, "loud")
+        for o, k in zip(options, kinds)
+    ]
     assert_parity(reference, batched, options, schedules)
 
 
@@ -155,6 +163,7 @@ def test_irregular_chunk_lengths_are_cut_like_generate(reference, batched) -> No
 
 # --- bitwise component parity ------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def funasr_model(reference):
     torch.set_num_threads(THREADS)
@@ -164,9 +173,11 @@ def funasr_model(reference):
 
 def funasr_cache(reference, opts: StreamOptions) -> dict:
     kwargs = {k: v for k, v in reference.automodel.kwargs.items() if k != "cache"}
-    kwargs.update(chunk_size=list(opts.chunk_size),
-                  encoder_chunk_look_back=opts.encoder_chunk_look_back,
-                  decoder_chunk_look_back=opts.decoder_chunk_look_back)
+    kwargs.update(
+        chunk_size=list(opts.chunk_size),
+        encoder_chunk_look_back=opts.encoder_chunk_look_back,
+        decoder_chunk_look_back=opts.decoder_chunk_look_back,
+    )
     return reference.automodel.model.init_cache({}, **kwargs)
 
 
@@ -185,12 +196,14 @@ def test_frontend_features_are_bitwise_equal(reference, funasr_model) -> None:
     caches_ref: list[dict] = [{} for _ in range(5)]
     caches = [ours.fresh() for _ in range(5)]
     for r, active in rounds(5, 5):
-        chunks = [FrontendChunk(caches[s], audio(rng, 9600 if r < 4 else 960 + 1000 * s, "loud"), r == 4)
-                  for s in active]
+        chunks = [
+            FrontendChunk(caches[s], audio(rng, 9600 if r < 4 else 960 + 1000 * s, "loud"), r == 4) for s in active
+        ]
         packed, lengths, new = ours(chunks)
         for s, chunk, feats in zip(active, chunks, packed.split(lengths)):
-            expected, _ = extract_fbank([torch.from_numpy(chunk.audio)], frontend=frontend, cache=caches_ref[s],
-                                        is_final=chunk.is_final)
+            expected, _ = extract_fbank(
+                [torch.from_numpy(chunk.audio)], frontend=frontend, cache=caches_ref[s], is_final=chunk.is_final
+            )
             assert torch.equal(feats, expected[0])
         for s, cache in zip(active, new):
             caches[s] = cache
@@ -204,10 +217,16 @@ def test_encoder_output_is_bitwise_equal(reference, funasr_model) -> None:
     caches = [ours.fresh(o.chunk_size, torch.device("cpu")) for o in options]
     for r, active in rounds(6, 7):
         final = r == 6
-        feats = {s: None if final and s % 2 else torch.randn(options[s].chunk_size[1] - (3 * final), 560,
-                                                                 generator=gen) for s in active}
-        out = ours([EncoderChunk(caches[s], feats[s], options[s].chunk_size, options[s].encoder_chunk_look_back)
-                    for s in active])
+        feats = {
+            s: None if final and s % 2 else torch.randn(options[s].chunk_size[1] - (3 * final), 560, generator=gen)
+            for s in active
+        }
+        out = ours(
+            [
+                EncoderChunk(caches[s], feats[s], options[s].chunk_size, options[s].encoder_chunk_look_back)
+                for s in active
+            ]
+        )
         for k, s in enumerate(active):
             enc = caches_ref[s]["encoder"]
             enc["tail_chunk"] = feats[s] is None
@@ -249,14 +268,21 @@ def test_decoder_scores_are_bitwise_equal(reference, funasr_model) -> None:
     caches_ref = [funasr_cache(reference, o) for o in options]
     caches = [ours.fresh() for _ in options]
     for r, active in rounds(8, 5):
-        inputs = {s: (torch.randn(1 + (3 * s + r) % 13, 64, generator=gen), torch.randn(20, 64, generator=gen))
-                  for s in active}
-        scores, new = ours([DecoderChunk(caches[s], *inputs[s], options[s].chunk_size,
-                                         options[s].decoder_chunk_look_back) for s in active])
+        inputs = {
+            s: (torch.randn(1 + (3 * s + r) % 13, 64, generator=gen), torch.randn(20, 64, generator=gen))
+            for s in active
+        }
+        scores, new = ours(
+            [
+                DecoderChunk(caches[s], *inputs[s], options[s].chunk_size, options[s].decoder_chunk_look_back)
+                for s in active
+            ]
+        )
         for k, s in enumerate(active):
             tokens, memory = inputs[s]
-            expected, _ = funasr_model.cal_decoder_with_predictor_chunk(memory[None], None, tokens[None], None,
-                                                                        cache=caches_ref[s])
+            expected, _ = funasr_model.cal_decoder_with_predictor_chunk(
+                memory[None], None, tokens[None], None, cache=caches_ref[s]
+            )
             assert torch.equal(scores[k], expected[0]), f"stream {s}, round {r}"
             caches[s] = new[k]
 
@@ -284,6 +310,7 @@ def test_row_router_reproduces_per_stream_linear_calls(threads: int) -> None:
 
 
 # --- failure contract --------------------------------------------------------------------------------------------
+
 
 class Boom(RuntimeError):
     pass
@@ -330,8 +357,13 @@ def test_isolatable_failures_are_returned_in_place(reference, batched) -> None:
     foreign = batched.open_stream(opts)
     foreign.cache = {"encoder": "someone else's"}
     chunk = audio(rng, opts.chunk_samples, "loud")
-    out = batched.process([ChunkWork(good[0], chunk, False), ChunkWork(foreign, chunk, False),
-                           ChunkWork(good[1], np.stack([chunk, chunk]), False)])
+    out = batched.process(
+        [
+            ChunkWork(good[0], chunk, False),
+            ChunkWork(foreign, chunk, False),
+            ChunkWork(good[1], np.stack([chunk, chunk]), False),
+        ]
+    )
     assert isinstance(out[1], RecognitionFailed) and isinstance(out[2], RecognitionFailed)
     assert out[0] == run_reference(reference, [opts], [[(chunk, False)]])[0][0]
     assert foreign.cache == {"encoder": "someone else's"}

@@ -37,8 +37,13 @@ def test_the_procfile_gives_each_honcho_worker_process_its_own_node_name():
 
     def argv(process_name: str) -> list[str]:
         env = dict(os.environ, HONCHO_PROCESS_NAME=process_name)
-        out = subprocess.run(["/bin/sh", "-c", 'printf "%s\\n" ' + command.removeprefix("celery ")], env=env,
-                             capture_output=True, text=True, check=True).stdout.split()
+        out = subprocess.run(
+            ["/bin/sh", "-c", 'printf "%s\\n" ' + command.removeprefix("celery ")],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
         return out
 
     names = [(args := argv(p))[args.index("-n") + 1] for p in ("worker.1", "worker.2")]

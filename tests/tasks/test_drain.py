@@ -26,8 +26,18 @@ def test_the_pre_stop_drain_waits_for_open_sessions_and_new_ones_go_elsewhere(ma
         session = asyncio.create_task(StreamClient(s.url, pace=1.0, timeout=60).run(audio.noise(4.0, seed=400)))
         await asyncio.to_thread(wait_until, lambda: s.api_queue()["streams"] == 1, 20, 0.1, "the session to start")
         hook = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tasks.drain", "--worker", worker, "--wait", "30", cwd=ROOT, env=s.env(),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            sys.executable,
+            "-m",
+            "tasks.drain",
+            "--worker",
+            worker,
+            "--wait",
+            "30",
+            cwd=ROOT,
+            env=s.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         await asyncio.sleep(1.0)
         refused = await StreamClient(s.url, pace=0).run(audio.noise(0.5, seed=401))
         out, _ = await hook.communicate()

@@ -38,14 +38,27 @@ class Published:
         return [r for _, r in self.messages if r.stream == stream]
 
 
-def job(stream: str, seq: int, samples: int = 160, first: bool | None = None, final: bool = False,
-        options: dict | bool = True) -> ChunkJob:
+def job(
+    stream: str,
+    seq: int,
+    samples: int = 160,
+    first: bool | None = None,
+    final: bool = False,
+    options: dict | bool = True,
+) -> ChunkJob:
     """A chunk job; a first one carries options named after the stream unless ``options`` is False (or a dict)."""
     first = seq == 0 if first is None else first
     if options is True:
         options = {**OPTIONS, "wav_name": stream}
-    return ChunkJob(stream=stream, seq=seq, audio=b"\x00\x00" * samples, is_final=final, first=first,
-                    options=options if first and options else None, channel=f"ch:{stream}")
+    return ChunkJob(
+        stream=stream,
+        seq=seq,
+        audio=b"\x00\x00" * samples,
+        is_final=final,
+        first=first,
+        options=options if first and options else None,
+        channel=f"ch:{stream}",
+    )
 
 
 @pytest.fixture
@@ -171,8 +184,11 @@ def test_stopping_releases_every_waiting_chunk_at_once(make_engine, published):
 # --- options once per stream (finding 4) ------------------------------------------------------------------------
 def test_a_streams_options_are_kept_for_its_later_utterances(make_engine, published):
     engine = make_engine()
-    for j in (job("a", 0, final=True), job("a", 1, first=True, options=False, final=True),
-              job("a", 2, first=True, options=False)):
+    for j in (
+        job("a", 0, final=True),
+        job("a", 1, first=True, options=False, final=True),
+        job("a", 2, first=True, options=False),
+    ):
         engine.submit(j)
     assert [r.text for r in published.wait(3)] == ["a#0:160!", "a#0:160!", "a#0:160"]
 
@@ -227,11 +243,17 @@ class Misbehaving(FakeRecognizer):
         return [None if name == "none" else text for name, text in zip(names, out)]
 
 
-@pytest.mark.parametrize(("name", "code"), [
-    ("short", "engine_error"), ("none", "recognition_failed"), ("noopen", "recognition_failed"),
-])
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [
+        ("short", "engine_error"),
+        ("none", "recognition_failed"),
+        ("noopen", "recognition_failed"),
+    ],
+)
 def test_a_recognizer_breaking_its_contract_fails_the_chunks_it_broke_and_the_batcher_goes_on(
-        make_engine, published, name, code):
+    make_engine, published, name, code
+):
     engine = make_engine(Misbehaving(), max_wait=0.05, gap_timeout=0.2)
     bad = engine.submit(job(name, 0))
     assert bad.wait(2).code == code

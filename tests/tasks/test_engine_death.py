@@ -39,8 +39,14 @@ def worker(make_stack):
 
 
 def chunk(stack: Stack, session: str, **changes) -> dict:
-    job = ChunkJob(wire.stream_id(session, 0), 0, b"\x00\x00" * 1600, first=True,
-                   options=StreamOptions(wav_name=session).to_wire(), channel=stack.prefix + f"result:{session}")
+    job = ChunkJob(
+        wire.stream_id(session, 0),
+        0,
+        b"\x00\x00" * 1600,
+        first=True,
+        options=StreamOptions(wav_name=session).to_wire(),
+        channel=stack.prefix + f"result:{session}",
+    )
     return {**job.to_wire(), **changes}
 
 
@@ -48,6 +54,7 @@ def next_result(pubsub, timeout: float = 20) -> ChunkResult:
     def message():
         got = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
         return got if got and got["type"] == "message" else None
+
     return ChunkResult.decode(wait_until(message, timeout, interval=0, what="a result")["data"])
 
 

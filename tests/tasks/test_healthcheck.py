@@ -92,24 +92,45 @@ def test_invalid_settings_are_unhealthy_with_the_reason(client, monkeypatch, cap
 def test_runs_as_a_module_with_the_exit_status_a_probe_reads(client, redis_url):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     beat(client, "w3@host")
-    ok = subprocess.run([sys.executable, "-m", "tasks.healthcheck", "--worker-id", "w3@host"], env=env, cwd=ROOT,
-                        check=False, capture_output=True, text=True, timeout=60)
-    bad = subprocess.run([sys.executable, "-m", "tasks.healthcheck", "--worker-id", "w4@host"], env=env, cwd=ROOT,
-                         check=False, capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(
+        [sys.executable, "-m", "tasks.healthcheck", "--worker-id", "w3@host"],
+        env=env,
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    bad = subprocess.run(
+        [sys.executable, "-m", "tasks.healthcheck", "--worker-id", "w4@host"],
+        env=env,
+        cwd=ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert (ok.returncode, bad.returncode) == (0, 1), (ok.stderr, bad.stderr)
 
 
 @pytest.mark.slow
-def test_a_real_worker_is_healthy_once_loaded_and_unhealthy_as_soon_as_it_drains(client, redis_url, tiny_model,
-                                                                                 logdir):
+def test_a_real_worker_is_healthy_once_loaded_and_unhealthy_as_soon_as_it_drains(client, redis_url, tiny_model, logdir):
     """The compose/k8s convention end to end: `-n worker@%h` and ASR_WORKER_NAME name the same heartbeat.
 
     The heartbeat TTL is a minute, so the key can only vanish within the wait below if SIGTERM deregisters it:
     that is the graceful drain gateways rely on to move sessions.
     """
     queue = "gpu-healthcheck"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", ASR_MODEL=str(tiny_model), ASR_QUEUE=queue,
-               ASR_NCPU="1", ASR_HEARTBEAT_TTL="60", **{healthcheck.WORKER_NAME_VAR: "worker@%h"})
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        PYTHONUNBUFFERED="1",
+        ASR_MODEL=str(tiny_model),
+        ASR_QUEUE=queue,
+        ASR_NCPU="1",
+        ASR_HEARTBEAT_TTL="60",
+        **{healthcheck.WORKER_NAME_VAR: "worker@%h"},
+    )
     probe = [sys.executable, "-m", "tasks.healthcheck"]
 
     def healthy() -> bool:
@@ -117,9 +138,31 @@ def test_a_real_worker_is_healthy_once_loaded_and_unhealthy_as_soon_as_it_drains
 
     assert not healthy()
     log = (logdir / "healthcheck-worker.log").open("wb")
-    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", queue, "-n", "worker@%h",
-                               "--concurrency", "2", "--without-mingle", "--without-gossip", "--loglevel", "INFO"],
-                              cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tasks",
+            "worker",
+            "-Q",
+            queue,
+            "-n",
+            "worker@%h",
+            "--concurrency",
+            "2",
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel",
+            "INFO",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
     def loaded() -> bool:
         if worker.poll() is not None:

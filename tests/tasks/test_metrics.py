@@ -20,8 +20,11 @@ from tests.stack import free_port, wait_until
 
 
 def parse(text: str) -> dict[tuple[str, tuple], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:
@@ -50,12 +53,18 @@ def test_a_worker_exports_its_batches_waits_failures_and_process_on_its_port(mak
 
     record = asyncio.run(StreamClient(s.url, pace=0).run(audio.noise(2.0, seed=7)))  # 4 chunks of 600 ms
     assert record.final is not None, record
-    failing = asyncio.run(StreamClient(s.url, pace=0, config={"wav_name": "__raise__0"}).run(
-        audio.noise(1.2, seed=8)))
+    failing = asyncio.run(StreamClient(s.url, pace=0, config={"wav_name": "__raise__0"}).run(audio.noise(1.2, seed=8)))
     assert failing.errors, failing
 
-    after = wait_until(lambda: (a := scrape(port)) and total(a, "asr_engine_chunks_total") >= total(
-        before, "asr_engine_chunks_total") + 5 and a, 10, what="the worker's chunk counter")
+    after = wait_until(
+        lambda: (
+            (a := scrape(port))
+            and total(a, "asr_engine_chunks_total") >= total(before, "asr_engine_chunks_total") + 5
+            and a
+        ),
+        10,
+        what="the worker's chunk counter",
+    )
     chunks = total(after, "asr_engine_chunks_total") - total(before, "asr_engine_chunks_total")
     assert chunks >= 5  # 4 of the good session, at least 1 of the failing one (replays may add more)
     for histogram in ("asr_engine_chunk_wait_seconds", "asr_engine_chunk_compute_seconds"):
@@ -64,20 +73,23 @@ def test_a_worker_exports_its_batches_waits_failures_and_process_on_its_port(mak
     assert 1 <= batches <= chunks
     assert total(after, "asr_engine_batch_size_count") - total(before, "asr_engine_batch_size_count") == batches
     assert total(after, "asr_engine_batch_size_sum") - total(before, "asr_engine_batch_size_sum") == chunks
-    assert total(after, "asr_engine_forward_seconds_count") - total(before, "asr_engine_forward_seconds_count") \
-        == batches
+    assert (
+        total(after, "asr_engine_forward_seconds_count") - total(before, "asr_engine_forward_seconds_count") == batches
+    )
     assert total(after, "asr_engine_failures_total", code="recognition_failed") >= 1
     if s.env()["ASR_BATCHING"] == "1":  # the batched recognizer on CPU: each model stage timed
         assert total(after, "asr_engine_stage_seconds_count", stage="encoder") > total(
-            before, "asr_engine_stage_seconds_count", stage="encoder")
+            before, "asr_engine_stage_seconds_count", stage="encoder"
+        )
 
 
 def test_the_engine_reports_failures_by_code_to_its_observer():
     metrics = WorkerMetrics({"worker": "w"}, health=lambda: "ok", streams=lambda: 0)
     engine = Engine(FakeRecognizer(), lambda messages: None, observer=metrics, gap_timeout=0.2).start()
     try:
-        orphan = ChunkJob(stream="s1", seq=3, audio=b"\0\0" * 9600, channel="c", first=False, is_final=False,
-                          submitted_at=0.0)
+        orphan = ChunkJob(
+            stream="s1", seq=3, audio=b"\0\0" * 9600, channel="c", first=False, is_final=False, submitted_at=0.0
+        )
         assert engine.submit(orphan).wait(5).code == "stream_state_lost"  # its predecessors never come
     finally:
         engine.stop()

@@ -66,8 +66,14 @@ def start_runtime(redis_url, client, monkeypatch):
 
 
 def first_job(name: str) -> ChunkJob:
-    return ChunkJob("sess/0", 0, b"\x00\x00" * 160, first=True, options=StreamOptions(wav_name=name).to_wire(),
-                    channel=PREFIX + "result:sess")
+    return ChunkJob(
+        "sess/0",
+        0,
+        b"\x00\x00" * 160,
+        first=True,
+        options=StreamOptions(wav_name=name).to_wire(),
+        channel=PREFIX + "result:sess",
+    )
 
 
 def test_the_heartbeat_says_the_engine_is_ok(start_runtime, client):

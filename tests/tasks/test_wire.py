@@ -13,8 +13,15 @@ OPTIONS = StreamOptions(wav_name="mic").to_wire()
 
 def payload(**changes) -> dict:
     """A valid first-chunk payload as the gateway sends it, with ``changes`` applied (None values remove keys)."""
-    data = ChunkJob("0123abcd/2", 0, b"\x01\x02" * 960, first=True, options=dict(OPTIONS),
-                    channel="asr:result:0123abcd", submitted_at=1.5).to_wire()
+    data = ChunkJob(
+        "0123abcd/2",
+        0,
+        b"\x01\x02" * 960,
+        first=True,
+        options=dict(OPTIONS),
+        channel="asr:result:0123abcd",
+        submitted_at=1.5,
+    ).to_wire()
     data.update(changes)
     return {k: v for k, v in data.items() if v is not None or k == "options"}
 
@@ -26,8 +33,7 @@ def refused(data) -> ProtocolError:
 
 
 def test_a_chunk_job_survives_the_msgpack_round_trip_with_raw_audio_bytes():
-    job = ChunkJob("s/0", 3, b"\x01\x02" * 5, is_final=True, first=True, options=StreamOptions().to_wire(),
-                   channel="c")
+    job = ChunkJob("s/0", 3, b"\x01\x02" * 5, is_final=True, first=True, options=StreamOptions().to_wire(), channel="c")
     packed = msgpack.packb(job.to_wire(), use_bin_type=True)
     assert len(packed) < len(job.audio) + 250, "audio is carried as bytes, not base64 or a list"
     back = ChunkJob.from_wire(msgpack.unpackb(packed, raw=False))
@@ -43,37 +49,67 @@ def test_a_valid_payload_is_accepted_and_its_options_parsed_and_normalized():
     assert later.stream_options() is None and later.replay and later.submitted_at > 1.5
 
 
-@pytest.mark.parametrize("changes", [
-    {"options": {**OPTIONS, "encoder_chunk_look_back": -1}},  # finding 5: the cache would never be trimmed
-    {"options": {**OPTIONS, "encoder_chunk_look_back": LOOK_BACK_RANGE[1] + 1}},
-    {"options": {**OPTIONS, "decoder_chunk_look_back": LOOK_BACK_RANGE[0] - 1}},
-    {"options": {**OPTIONS, "decoder_chunk_look_back": True}},
-    {"options": {**OPTIONS, "chunk_size": [5, CHUNK_MID_RANGE[0] - 1, 5]}},
-    {"options": {**OPTIONS, "chunk_size": [5, CHUNK_MID_RANGE[1] + 1, 5]}},
-    {"options": {**OPTIONS, "chunk_size": [5, 10]}},
-    {"options": {**OPTIONS, "hotwords": "x" * (MAX_HOTWORDS_BYTES + 1)}},
-    {"options": {"chunk_size": [5, 10, 5]}},  # finding 6: lacking keys used to kill the batcher thread
-    {"options": {**OPTIONS, "itn": "yes"}},
-    {"options": {**OPTIONS, "wav_name": 3}},
-    {"options": [5, 10, 5]},
-    {"options": dict(OPTIONS), "first": False},  # options travel only on a first chunk
-], ids=lambda c: repr(c)[:60])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"options": {**OPTIONS, "encoder_chunk_look_back": -1}},  # finding 5: the cache would never be trimmed
+        {"options": {**OPTIONS, "encoder_chunk_look_back": LOOK_BACK_RANGE[1] + 1}},
+        {"options": {**OPTIONS, "decoder_chunk_look_back": LOOK_BACK_RANGE[0] - 1}},
+        {"options": {**OPTIONS, "decoder_chunk_look_back": True}},
+        {"options": {**OPTIONS, "chunk_size": [5, CHUNK_MID_RANGE[0] - 1, 5]}},
+        {"options": {**OPTIONS, "chunk_size": [5, CHUNK_MID_RANGE[1] + 1, 5]}},
+        {"options": {**OPTIONS, "chunk_size": [5, 10]}},
+        {"options": {**OPTIONS, "hotwords": "x" * (MAX_HOTWORDS_BYTES + 1)}},
+        {"options": {"chunk_size": [5, 10, 5]}},  # finding 6: lacking keys used to kill the batcher thread
+        {"options": {**OPTIONS, "itn": "yes"}},
+        {"options": {**OPTIONS, "wav_name": 3}},
+        {"options": [5, 10, 5]},
+        {"options": dict(OPTIONS), "first": False},  # options travel only on a first chunk
+    ],
+    ids=lambda c: repr(c)[:60],
+)
 def test_bad_options_are_refused_at_the_boundary(changes):
     error = refused(payload(**changes))
     assert error.code == "bad_task" and "malformed chunk task" in error.message
 
 
-@pytest.mark.parametrize("changes", [
-    {"stream": None}, {"seq": None}, {"audio": None}, {"final": None}, {"first": None}, {"channel": None},
-    {"stream": 5}, {"stream": "no-generation"}, {"stream": "s/-1"}, {"stream": "s/01"}, {"stream": "/0"},
-    {"stream": "with space/0"}, {"stream": "s" * 300 + "/0"},
-    {"seq": True}, {"seq": -1}, {"seq": 1.0}, {"seq": "3"}, {"seq": 2**60},
-    {"audio": b"\x00"}, {"audio": b"\x00\x00" * (wire.MAX_CHUNK_BYTES // 2 + 1)}, {"audio": "AAAA"},
-    {"audio": [0, 0]},
-    {"final": 1}, {"first": "true"}, {"replay": 0},
-    {"channel": 7}, {"channel": ""}, {"channel": "c" * 600},
-    {"t": "now"}, {"t": float("nan")}, {"t": True},
-], ids=lambda c: repr(c)[:60])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"stream": None},
+        {"seq": None},
+        {"audio": None},
+        {"final": None},
+        {"first": None},
+        {"channel": None},
+        {"stream": 5},
+        {"stream": "no-generation"},
+        {"stream": "s/-1"},
+        {"stream": "s/01"},
+        {"stream": "/0"},
+        {"stream": "with space/0"},
+        {"stream": "s" * 300 + "/0"},
+        {"seq": True},
+        {"seq": -1},
+        {"seq": 1.0},
+        {"seq": "3"},
+        {"seq": 2**60},
+        {"audio": b"\x00"},
+        {"audio": b"\x00\x00" * (wire.MAX_CHUNK_BYTES // 2 + 1)},
+        {"audio": "AAAA"},
+        {"audio": [0, 0]},
+        {"final": 1},
+        {"first": "true"},
+        {"replay": 0},
+        {"channel": 7},
+        {"channel": ""},
+        {"channel": "c" * 600},
+        {"t": "now"},
+        {"t": float("nan")},
+        {"t": True},
+    ],
+    ids=lambda c: repr(c)[:60],
+)
 def test_malformed_fields_are_refused(changes):
     assert refused(payload(**changes)).code == "bad_task"
 
