@@ -46,3 +46,33 @@ def load_wav(path: str | Path) -> bytes:
 def duration(pcm: bytes) -> float:
     """Seconds of audio in 16 kHz 16-bit mono ``pcm``."""
     return len(pcm) / BYTES_PER_SECOND
+
+
+def say(text: str, voice: str = "en", speed: int = 160) -> bytes:
+    """One sentence spoken by espeak-ng, as 16 kHz mono 16-bit PCM (espeak-ng → sox). Raises AudioError
+    without the two tools (Debian packages espeak-ng, sox)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    for tool in ("espeak-ng", "sox"):
+        if shutil.which(tool) is None:
+            raise AudioError(f"{tool} is not installed (apt-get install espeak-ng sox)")
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "say.wav"
+        subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(wav), text], check=True)
+        return subprocess.run(
+            ["sox", str(wav), "-t", "raw", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", "-e", "signed", "-"],
+            check=True,
+            capture_output=True,
+        ).stdout
+
+
+def speech(
+    sentences: list[str] | tuple[str, ...], *, pause: float = 1.2, lead: float = 0.5, voice: str = "en"
+) -> bytes:
+    """``sentences`` spoken one after another with ``pause`` seconds of silence between them and ``lead``
+    seconds before the first and after the last: real speech with real sentence ends, for VAD and 2pass."""
+    silence = b"\x00\x00" * int(lead * SAMPLE_RATE)
+    gap = b"\x00\x00" * int(pause * SAMPLE_RATE)
+    return silence + gap.join(say(s, voice) for s in sentences) + silence

