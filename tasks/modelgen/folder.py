@@ -108,8 +108,13 @@ def _write_folder(path: Path, kind: Kind, size: str, seed: int, config: dict, st
     (path / "config.yaml").write_text(text, encoding="utf-8")
     vocab = kind.sizes[size].vocab
     if vocab is not None:
-        tokens = json.dumps(build_tokens(vocab), ensure_ascii=False)
-        (path / "tokens.json").write_text(tokens, encoding="utf-8")
+        token_list = build_tokens(vocab)
+        (path / "tokens.json").write_text(json.dumps(token_list, ensure_ascii=False), encoding="utf-8")
+        if config.get("model") == "SeacoParaformer":
+            # Hub SeACo folders ship a seg_dict that splits hotwords into tokens; without one every hotword is <unk>
+            # and the biasing cannot tell words apart. Here each token stands for itself.
+            entries = "".join(f"{t} {t}\n" for t in token_list[3:-1])
+            (path / "seg_dict").write_text(entries, encoding="utf-8")
     if kind.feature_dim is not None:
         (path / "am.mvn").write_text(build_cmvn(seed, kind.feature_dim))
     torch.save(state, path / "model.pt")

@@ -1,0 +1,229 @@
+"""The 2pass second pass: offline Paraformer (SeACo: hotwords, timestamps), then realtime CT-Transformer punctuation.
+
+At each VAD sentence end the gateway sends that sentence's audio to a worker. :class:`SentencePipeline` runs what
+FunASR's Python server runs for it — ``asr.generate(input=audio, hotword=…)``, then, when the text is not empty,
+``punc.generate(input=text, cache=<the session's punctuation cache>)`` — and adds FunASR's C++ server's
+``stamp_sents``. Task payloads are stateless, so the session's punctuation cache travels with each sentence
+(:attr:`SentenceWork.punc_cache`) and the new one comes back with its result.
+
+Faithfulness: every item's output equals FunASR called on that item alone, bit for bit. FunASR's batched
+``generate(input=[…], batch_size=N)`` does not keep that (zero padding moves the CIF alphas of shorter items and
+MKL rounds differently for other row counts: texts and timestamps of some items change; see
+``bench/offline_throughput.py``), and the realtime punctuation model takes one text per call (its ``inference``
+asserts ``len(data_in) == 1``). So :meth:`SentencePipeline.process` runs the items one at a time.
+
+Hotwords from clients never reach FunASR's file and URL branches: see :func:`hotword_words` and
+:func:`funasr_hotword`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tasks.errors import EngineError, RecognitionFailed
+from tasks.recognizer import load_automodel
+
+logger = logging.getLogger(__name__)
+
+#: Sentence-ending and clause marks of the punctuation models (``punc_list`` of the ct-punc configs) and their
+#: ASCII forms: each closes one ``stamp_sents`` entry, like FunASR's C++ ``TimestampIsPunctuation``.
+PUNCTUATION = frozenset("，。？、！；：,.?!;:")
+
+#: Word units of a punctuated text: an ASCII word or number is one unit, any other non-space character is one.
+#: ``<unk>`` is a punctuation class of the ct-punc models that FunASR writes into the text; it marks nothing.
+_UNIT = re.compile(r"<unk>|[A-Za-z0-9'@]+|\S")
+_UNK = "<unk>"
+
+
+@dataclass
+class SentenceWork:
+    """One VAD sentence of one session.
+
+    ``audio``: float32 in [-1, 1) (int16 / 32768), 16 kHz mono, one VAD segment (0.1-60 s). ``hotwords``: as the
+    client sent it (see :func:`hotword_words`). ``punc_cache``: the session's JSON-able punctuation state, ``{}`` at
+    its start; it is read, never modified.
+    """
+
+    audio: np.ndarray
+    hotwords: str = ""
+    punc_cache: dict = field(default_factory=dict)
+
+
+@dataclass
+class SentenceOutput:
+    """The result of one sentence. Times are integer ms from the segment's first sample.
+
+    ``timestamp`` is FunASR's per-token ``[start_ms, end_ms]`` (the last end may pass the segment's end by less
+    than one 60 ms LFR frame: FunASR pads the features to whole frames). ``stamp_sents`` is FunASR's C++ server's
+    format, see :func:`stamp_sentences`. ``punc_cache`` is the session's next punctuation state (lists, strings).
+    """
+
+    text: str
+    raw_text: str
+    timestamp: list[list[int]]
+    stamp_sents: list[dict]
+    punc_cache: dict
+
+
+def hotword_words(hotwords: str) -> list[str]:
+    """The words of a client's hotwords string, in order.
+
+    FunASR's clients send a JSON object word -> weight (``'{"阿里巴巴": 20}'``): its keys are the words (weights
+    only matter to FST hotword servers). Anything else is words separated by whitespace or commas. FunASR splits
+    its hotword string on whitespace, so a key with a space in it becomes several words, as it would there.
+    """
+    text = hotwords.strip()
+    keys: list[str] | None = None
+    if text.startswith("{"):
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            keys = [str(key) for key in parsed]
+    pieces = keys if keys is not None else re.split(r"[,，]", text)
+    return [word for piece in pieces for word in piece.split()]
+
+
+def funasr_hotword(words: Sequence[str]) -> str | None:
+    """The ``hotword`` argument that makes SeACo-Paraformer bias towards exactly ``words``; None for no words.
+
+    ``SeacoParaformer.generate_hotwords_list`` reads its argument as a file when it exists and ends with ``.txt``,
+    downloads it when it starts with ``http``, ignores it when it ends with ``.txt`` otherwise, and only else
+    splits it on whitespace. The words wrapped in one space on each side start with neither, end with no ``.txt``:
+    FunASR can only take the last branch, which strips the spaces and yields ``words`` unchanged. (An empty
+    string would not mean "no hotwords" to FunASR — it gives a one-entry list that changes the decoding.)
+    """
+    if not words:
+        return None
+    return " " + " ".join(words) + " "
+
+
+def stamp_sentences(text: str, timestamp: Sequence[Sequence[int]]) -> list[dict]:
+    """Sentence timestamps in FunASR's C++ server's format, from the punctuated text and per-token timestamps.
+
+    Each entry is ``{"text_seg": "正 是 因 为", "punc": "，", "start": ms, "end": ms, "ts_list": [[s, e], …]}``:
+    the text is cut after every punctuation mark; each other unit (a CJK character, or an ASCII word) takes the
+    next token timestamp. A tail without a mark ends with ``"punc": ""``. This follows the C++ runtime's
+    ``TimestampSentence`` (``runtime/onnxruntime/src/util.cpp``), except that it emits no entry for a mark with no
+    token before it (the C++ code would emit one with an empty ``ts_list`` and a start of 0) and that it skips
+    the ``<unk>`` the punctuation model can write (its class 0, which ends no sentence). FunASR's Python
+    ``timestamp_sentence`` needs per-token punctuation ids, which the realtime model does not return for the
+    new text alone. Units beyond the timestamps are left out, as in the C++ code.
+    """
+    sentences: list[dict] = []
+    words: list[str] = []
+    stamps: list[list[int]] = []
+
+    def close(punc: str) -> None:
+        if stamps:
+            sentences.append(
+                {
+                    "text_seg": " ".join(words),
+                    "punc": punc,
+                    "start": stamps[0][0],
+                    "end": stamps[-1][1],
+                    "ts_list": [list(s) for s in stamps],
+                }
+            )
+        words.clear()
+        stamps.clear()
+
+    used = 0
+    for unit in _UNIT.findall(text):
+        if unit == _UNK:
+            continue
+        if unit in PUNCTUATION:
+            close(unit)
+        elif used < len(timestamp):
+            words.append(unit)
+            stamps.append([int(timestamp[used][0]), int(timestamp[used][1])])
+            used += 1
+    close("")
+    return sentences
+
+
+class SentencePipeline:
+    """Offline ASR then punctuation for VAD sentences of many sessions. Not thread-safe: one caller at a time.
+
+    Loads both models once, at construction (:class:`~tasks.errors.ModelLoadError` if either fails). The models
+    are FunASR folders or hub names, loaded the way :func:`tasks.recognizer.load_automodel` loads them. Without a
+    punctuation model, ``text`` is the raw text and ``punc_cache`` comes back as it went in.
+    """
+
+    name = "funasr-offline"
+
+    def __init__(
+        self,
+        asr_model: str,
+        punc_model: str | None = None,
+        *,
+        device: str = "cpu",
+        ncpu: int = 1,
+        revision: str = "",
+        punc_revision: str = "",
+        punc_device: str | None = None,
+    ) -> None:
+        self.asr: Any = load_automodel(asr_model, device=device, ncpu=ncpu, revision=revision)
+        self.punc: Any = None
+        punc_device = punc_device or device
+        if punc_model:
+            self.punc = load_automodel(punc_model, device=punc_device, ncpu=ncpu, revision=punc_revision)
+        self.description = f"{asr_model} on {device} + {punc_model or 'no punctuation'} on {punc_device}"
+
+    @property
+    def has_punc(self) -> bool:
+        return self.punc is not None
+
+    def process(self, work: Sequence[SentenceWork]) -> list[SentenceOutput | RecognitionFailed]:
+        """One output per item, in order; an item that fails gives a :class:`RecognitionFailed` in its place.
+
+        Never raises for an item's sake and never modifies the items, so a failed item's session keeps its
+        punctuation cache. Items run one at a time (see the module docstring). Raises :class:`EngineError`, having
+        done nothing, once the pipeline is closed.
+        """
+        if self.asr is None:
+            raise EngineError("the offline pipeline is closed")
+        out: list[SentenceOutput | RecognitionFailed] = []
+        for item in work:
+            try:
+                out.append(self.recognize_one(item))
+            except Exception as exc:  # noqa: BLE001 - isolate one sentence's failure from the others
+                logger.exception("offline pass failed on a %d-sample sentence", len(item.audio))
+                failure = RecognitionFailed(f"offline recognition failed: {type(exc).__name__}: {exc}")
+                failure.__cause__ = exc
+                out.append(failure)
+        return out
+
+    def recognize_one(self, item: SentenceWork) -> SentenceOutput:
+        """One sentence: FunASR's offline model, then its punctuation model on the session's cache copy."""
+        audio = np.asarray(item.audio)
+        if audio.dtype != np.float32 or audio.ndim != 1:
+            raise ValueError(f"audio must be 1-D float32, got {audio.dtype} with shape {audio.shape}")
+        cache = json.loads(json.dumps(item.punc_cache))  # a private copy, and proof it is JSON-able
+        kwargs: dict[str, Any] = {}
+        hotword = funasr_hotword(hotword_words(item.hotwords))
+        if hotword is not None:
+            kwargs["hotword"] = hotword
+        results = self.asr.generate(input=audio, **kwargs)
+        if not results or not results[0].get("text"):  # SeACo returns no result when CIF fires no token
+            return SentenceOutput("", "", [], [], cache)
+        raw = results[0]["text"]
+        timestamp = [[int(s), int(e)] for s, e in results[0].get("timestamp", [])]
+        text = raw
+        if self.punc is not None:  # FunASR's server punctuates non-empty texts only
+            text = self.punc.generate(input=raw, cache=cache)[0]["text"]
+            cache = json.loads(json.dumps(cache))
+        return SentenceOutput(text, raw, timestamp, stamp_sentences(text, timestamp), cache)
+
+    def close(self) -> None:
+        """Drop the models. The pipeline is unusable afterwards."""
+        self.asr = None
+        self.punc = None
