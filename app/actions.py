@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tasks.wire import ChunkJob
+from tasks.wire import ChunkJob, SentenceJob
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,14 @@ class Submit:
     jobs: tuple[ChunkJob, ...]
     worker: str
     replay: bool = False
+
+
+@dataclass(frozen=True)
+class SubmitSentence:
+    """Send a sentence (2pass, offline) to a worker for the offline pass; the session's own worker takes it."""
+
+    job: SentenceJob
+    worker: str
 
 
 @dataclass(frozen=True)
@@ -56,4 +64,4 @@ class Observe:
     latencies: tuple[float, ...]
 
 
-Action = Send | Submit | Move | Release | Close | Observe
+Action = Send | Submit | SubmitSentence | Move | Release | Close | Observe

@@ -58,11 +58,24 @@ def healthz():
             "redis": {"ok": snapshot.redis_ok, "error": snapshot.redis_error},
             "workers": len(snapshot.workers),
             "models": sorted({str(w.get("model")) for w in snapshot.workers.values()}),
+            # per stage (streaming, vad, offline, punc): the distinct (model, device) pairs the workers serve with
+            "stages": _stages(snapshot.workers.values()),
+            "modes": sorted({m for w in snapshot.workers.values() for m in w.get("modes") or []}),
             "default_model": default_model,
             "warnings": [DEFAULT_MODEL_WARNING] if default_model else [],
         }
     )
     return jsonify(body), code
+
+
+def _stages(workers) -> dict[str, list[dict]]:
+    stages: dict[str, list[dict]] = {}
+    for info in workers:
+        for stage, model in (info.get("models") or {}).items():
+            entry = {"model": model.get("model"), "device": model.get("device"), "default": model.get("default")}
+            if entry not in stages.setdefault(stage, []):
+                stages[stage].append(entry)
+    return stages
 
 
 @bp.get("/readyz")

@@ -25,8 +25,19 @@ class Chunker:
     def buffered(self) -> int:
         return len(self._buffer)
 
-    def feed(self, frame: bytes) -> list[bytes]:
-        """Add one frame; return the chunks it completed (often none)."""
+    def feed(self, frame: bytes, *, checked: bool = False) -> list[bytes]:
+        """Add one frame; return the chunks it completed (often none). ``checked``: :meth:`check` already saw
+        the frame as the client sent it (the session resampled it since)."""
+        if not checked:
+            self.check(frame)
+        self.bytes_accepted += len(frame)
+        self._buffer += frame
+        if len(self._buffer) < self.chunk_bytes:
+            return []
+        return self._split()
+
+    def check(self, frame: bytes) -> None:
+        """Raise ProtocolError for a frame over the size limit or not whole 16-bit samples."""
         if len(frame) > self.max_frame_bytes:
             raise ProtocolError(
                 f"binary frame of {len(frame)} bytes exceeds the {self.max_frame_bytes}-byte limit",
@@ -39,10 +50,8 @@ class Chunker:
                 code="odd_frame",
                 close_code=CLOSE_INVALID_PAYLOAD,
             )
-        self.bytes_accepted += len(frame)
-        self._buffer += frame
-        if len(self._buffer) < self.chunk_bytes:
-            return []
+
+    def _split(self) -> list[bytes]:
         whole = len(self._buffer) - len(self._buffer) % self.chunk_bytes
         chunks = [bytes(self._buffer[i : i + self.chunk_bytes]) for i in range(0, whole, self.chunk_bytes)]
         del self._buffer[:whole]

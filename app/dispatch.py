@@ -21,7 +21,7 @@ from app.publisher import TaskPublisher
 from config.settings import Settings
 from tasks import wire
 from tasks.errors import AdmissionRefused, BackendUnavailable
-from tasks.wire import ChunkJob
+from tasks.wire import ChunkJob, SentenceJob
 
 logger = logging.getLogger(__name__)
 
@@ -128,14 +128,23 @@ class Dispatcher:
         """Send chunk tasks to a worker's private queue, in order; ``on_failure`` runs if they cannot be sent."""
         queue = self.queue_for(worker_id)
         for job in jobs:
-            message = self.publisher.message(
-                wire.TASK_CHUNK,
-                (job.to_wire(),),
-                queue=queue,
-                expires=self.settings.chunk_task_expires,
-                argsrepr=f"{job.stream}#{job.seq}",
-            )
-            self.publisher.enqueue(queue, message, on_failure)
+            self._enqueue(queue, wire.TASK_CHUNK, job.to_wire(), f"{job.stream}#{job.seq}", on_failure)
+
+    def submit_sentence(self, job: SentenceJob, worker_id: str, on_failure: Callable[[], None]) -> None:
+        """Send a sentence for the offline pass to the session's worker's queue, behind the session's chunks.
+
+        A sentence job is stateless (any worker could take it); it goes to the session's own worker so that the
+        offline work of a worker's sessions is bounded by its sessions (a thread each at most), and is sent again
+        to the new worker when the session moves (app.sentences)."""
+        self._enqueue(
+            self.queue_for(worker_id), wire.TASK_SENTENCE, job.to_wire(), f"{job.session}~{job.index}", on_failure
+        )
+
+    def _enqueue(self, queue: str, task: str, payload: dict, argsrepr: str, on_failure: Callable[[], None]) -> None:
+        message = self.publisher.message(
+            task, (payload,), queue=queue, expires=self.settings.chunk_task_expires, argsrepr=argsrepr
+        )
+        self.publisher.enqueue(queue, message, on_failure)
 
     def close_stream(self, stream: str, worker_id: str) -> None:
         """Ask the worker to free the stream's state now; best effort (it idles out anyway)."""

@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING
 
 from simple_websocket import ConnectionClosed
 
-from app.actions import Action, Close, Move, Observe, Release, Send, Submit
+from app.actions import Action, Close, Move, Observe, Release, Send, Submit, SubmitSentence
 from app.outbox import CloseFrame, Outbox
 from app.protocol import CLOSE_INTERNAL
 from app.session import Session
 from config.logs import fields, printable
 from tasks.errors import AdmissionRefused, BackendUnavailable, ServiceError
-from tasks.wire import ChunkResult
+from tasks.wire import ChunkResult, SentenceResult
 
 if TYPE_CHECKING:
     from app.services import Services
@@ -52,6 +52,7 @@ class SessionHandler:
         self.client = client
         self.id = session_id
         settings = services.settings
+        modes = services.monitor.snapshot.workers.get(worker, {}).get("modes")
         self.session = Session(
             session_id,
             worker,
@@ -61,6 +62,7 @@ class SessionHandler:
             budget=services.replay_budget,
             encoder_look_back=settings.encoder_chunk_look_back,
             decoder_look_back=settings.decoder_chunk_look_back,
+            modes=frozenset(modes) if isinstance(modes, list) else None,
         )
         self.outbox = Outbox(services.limits.max_outbox_bytes)
         self._lock = threading.Lock()
@@ -162,6 +164,8 @@ class SessionHandler:
             elif isinstance(action, Submit):
                 self.services.dispatcher.submit(action.jobs, action.worker, self._on_submit_failed)
                 self.services.metrics.chunks.inc(len(action.jobs))
+            elif isinstance(action, SubmitSentence):
+                self.services.dispatcher.submit_sentence(action.job, action.worker, self._on_submit_failed)
             elif isinstance(action, Move):
                 self._move(action.current)
             elif isinstance(action, Release):
@@ -236,7 +240,7 @@ class SessionHandler:
         )
 
     # --- callbacks from other threads -----------------------------------------------------------------------------
-    def _on_result(self, result: ChunkResult) -> None:
+    def _on_result(self, result: ChunkResult | SentenceResult) -> None:
         """Called by the result router's thread."""
         with self._lock:
             actions = self.session.on_result(result, time.time())

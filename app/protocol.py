@@ -22,8 +22,9 @@ from tasks import options as opt
 from tasks.errors import ProtocolError
 from tasks.options import SAMPLE_RATE, StreamOptions
 
-SUPPORTED_MODES = ("online",)
-PLANNED_MODES = ("offline", "2pass")
+SUPPORTED_MODES = opt.MODES
+#: Sample rates a client may send (``audio_fs``); anything but 16 kHz is resampled by the gateway (app.resample).
+AUDIO_FS_RANGE = (8000, 48000)
 MAX_NAMED_FIELDS = 5  # unknown field names quoted in an error or warning; the rest are counted
 
 CLOSE_UNSUPPORTED = 1003
@@ -65,7 +66,7 @@ CONTROL_FIELDS = frozenset({"is_speaking", "is_end", "wav_name"})
 class SessionConfig:
     """A validated first message."""
 
-    mode: str = "online"
+    mode: str = "online"  # parse_config defaults to 2pass, as FunASR's servers do when a client sends no mode
     chunk_size: tuple[int, int, int] = (5, 10, 5)
     chunk_interval: int = 10
     wav_name: str = "microphone"
@@ -88,6 +89,7 @@ class SessionConfig:
             hotwords=self.hotwords,
             itn=self.itn,
             wav_name=self.wav_name,
+            mode=self.mode,
         )
 
     @property
@@ -129,16 +131,12 @@ def _bool(data: dict, name: str, default: bool) -> bool:
 
 
 def _check_mode(data: dict) -> str:
-    mode = data.get("mode", "online")
-    if mode in PLANNED_MODES:
-        raise ProtocolError(
-            f"mode {printable(mode, 40)!r} is not available yet; this server supports mode 'online'",
-            code="unsupported_mode",
-            close_code=CLOSE_UNSUPPORTED,
-        )
+    mode = data.get("mode", "2pass")  # FunASR's servers and clients default to 2pass
     if mode not in SUPPORTED_MODES:
         raise ProtocolError(
-            f"unknown mode {printable(mode, 40)!r}; use 'online'", code="unsupported_mode", close_code=CLOSE_UNSUPPORTED
+            f"unknown mode {printable(str(mode), 40)!r}; use one of {', '.join(SUPPORTED_MODES)}",
+            code="unsupported_mode",
+            close_code=CLOSE_UNSUPPORTED,
         )
     return mode
 
@@ -152,9 +150,9 @@ def _check_audio(data: dict) -> tuple[str, int]:
             close_code=CLOSE_UNSUPPORTED,
         )
     audio_fs = _int(data, "audio_fs", SAMPLE_RATE, 1, 1_000_000)
-    if audio_fs != SAMPLE_RATE:
+    if not AUDIO_FS_RANGE[0] <= audio_fs <= AUDIO_FS_RANGE[1]:
         raise ProtocolError(
-            f"audio_fs {audio_fs} is not supported; resample to {SAMPLE_RATE} Hz mono",
+            f"audio_fs {audio_fs} is not supported: send 16-bit mono PCM at {AUDIO_FS_RANGE[0]}-{AUDIO_FS_RANGE[1]} Hz",
             code="unsupported_sample_rate",
             close_code=CLOSE_UNSUPPORTED,
         )

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import redis
 
-from tasks.wire import ChunkResult, Keys
+from tasks.wire import ChunkResult, Keys, SentenceResult, decode_result
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def glob_escape(text: str) -> str:
 
 @dataclass
 class _Subscriber:
-    on_result: Callable[[ChunkResult], None]
+    on_result: Callable[[ChunkResult | SentenceResult], None]
     on_reset: Callable[[], None]
 
 
@@ -72,7 +72,7 @@ class ResultRouter:
         self._stop.set()
 
     def subscribe(
-        self, session_id: str, on_result: Callable[[ChunkResult], None], on_reset: Callable[[], None]
+        self, session_id: str, on_result: Callable[[ChunkResult | SentenceResult], None], on_reset: Callable[[], None]
     ) -> None:
         """Route the session's results to ``on_result``. No Redis command: the pattern already covers it."""
         if not session_id.startswith(f"{self.tag}-"):
@@ -119,7 +119,7 @@ class ResultRouter:
         if subscriber is None:
             return
         try:
-            result = ChunkResult.decode(message["data"])
+            result = decode_result(message["data"])
         except (ValueError, KeyError, TypeError) as exc:
             logger.error("malformed result on %s: %s", channel, exc)
             return

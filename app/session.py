@@ -25,14 +25,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from app.actions import Action, Close, Move, Observe, Release, Send, Submit
+from app.actions import Action, Close, Move, Observe, Release, Send, Submit, SubmitSentence
 from app.limits import Limits, ReplayBudget, Violation
-from app.protocol import CLOSE_INTERNAL, CLOSE_POLICY, SessionConfig, parse_config, parse_control
+from app.protocol import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_UNSUPPORTED, SessionConfig, parse_config, parse_control
 from app.stream import StreamSession
 from tasks.errors import ProtocolError, ServiceError
-from tasks.wire import ChunkResult
+from tasks.wire import MAX_SENTENCE_BYTES, ChunkResult, SentenceResult
 
 CONFIGURING, STREAMING, CLOSED = "configuring", "streaming", "closed"
+#: Audio a 2pass/offline session may hold for its sentences (app.sentences) before the client is not read: two
+#: longest sentences, one in flight and one cut behind it.
+MAX_SENTENCE_HOLD_BYTES = 2 * MAX_SENTENCE_BYTES
+#: What each mode needs its worker to have loaded (the worker's heartbeat lists its ``modes``).
+MODE_NEEDS = {
+    "online": "the streaming model",
+    "2pass": "the streaming, VAD and offline models",
+    "offline": "the VAD and offline models",
+}
 
 
 @dataclass(frozen=True)
@@ -58,8 +67,10 @@ class Session:
         budget: ReplayBudget | None = None,
         encoder_look_back: int = 4,
         decoder_look_back: int = 1,
+        modes: frozenset[str] | None = None,
     ) -> None:
         self.id = session_id
+        self.modes = modes  # what the session's worker can serve; None: not known, assume every mode
         self.worker = worker
         self.channel = channel
         self.limits = limits
@@ -86,7 +97,12 @@ class Session:
     def wants_input(self) -> bool:
         """False while too much audio is unanswered: the handler then stops reading the client (back-pressure)."""
         stream = self.stream
-        return self.state != CLOSED and (stream is None or stream.outstanding_bytes < self.limits.max_outstanding_bytes)
+        if self.state == CLOSED:
+            return False
+        if stream is None:
+            return True
+        held = stream.sentences.held_bytes if stream.sentences is not None else 0
+        return stream.outstanding_bytes < self.limits.max_outstanding_bytes and held < MAX_SENTENCE_HOLD_BYTES
 
     # --- events ---------------------------------------------------------------------------------------------------
     def on_message(self, message: str | bytes | Violation, now: float) -> list[Action]:
@@ -107,12 +123,17 @@ class Session:
                 return [Send(exc.to_client())]
             return self._fail(exc, exc.close_code)
 
-    def on_result(self, result: ChunkResult, now: float) -> list[Action]:
-        """A result from the session's channel."""
+    def on_result(self, result: ChunkResult | SentenceResult, now: float) -> list[Action]:
+        """A result from the session's channel: a chunk's or a sentence's."""
         if self.state != STREAMING:
             return []
-        delivery = self._stream.accept(result)
+        if isinstance(result, SentenceResult):
+            delivery = self._stream.accept_sentence(result)
+        else:
+            delivery = self._stream.accept(result)
         actions: list[Action] = [Send(m) for m in delivery.messages]
+        if not self._move_wanted:  # while a move is due the sentence in flight waits; moved() sends it again
+            actions += [SubmitSentence(job, self.worker) for job in delivery.sentences]
         if delivery.latencies:
             actions.append(Observe(tuple(delivery.latencies)))
         if delivery.replay:
@@ -150,6 +171,8 @@ class Session:
         if self._move_wanted:
             actions.append(Move(self.worker))
         age = stream.oldest_outstanding_age()
+        if stream.sentences is not None:
+            age = max(age, stream.sentences.inflight_age())
         if age > self.limits.chunk_timeout:
             return self._fail(
                 ServiceError(f"no result for {age:.0f} s; the session cannot go on", code="result_timeout"),
@@ -158,7 +181,8 @@ class Session:
         if stream.config.queue_status:
             actions += self._queue_status(now, backend.pending)
         silent = now - self.last_audio
-        if silent > self.limits.idle_timeout and not stream.outstanding:
+        busy = stream.outstanding or (stream.sentences is not None and stream.sentences.busy)
+        if silent > self.limits.idle_timeout and not busy:
             self.state, self.end_reason = CLOSED, "idle_timeout"
             actions += [
                 Send(
@@ -182,6 +206,7 @@ class Session:
         actions: list[Action] = [old]
         if jobs:
             actions.append(Submit(tuple(jobs), worker, replay=True))
+        actions += [SubmitSentence(job, worker) for job in stream.resend_sentences()]
         return actions
 
     def end(self, reason: str) -> None:
@@ -203,6 +228,14 @@ class Session:
                 "the first message must be the JSON configuration, not audio", code="audio_before_config"
             )
         config = parse_config(message, encoder_look_back=self.look_backs[0], decoder_look_back=self.look_backs[1])
+        if self.modes is not None and config.mode not in self.modes:
+            served = ", ".join(sorted(self.modes)) or "none"
+            raise ProtocolError(
+                f"mode {config.mode!r} needs {MODE_NEEDS[config.mode]}, which this server's workers have not loaded "
+                f"(modes served: {served})",
+                code="unsupported_mode",
+                close_code=CLOSE_UNSUPPORTED,
+            )
         self.stream = StreamSession(
             self.id,
             config,

@@ -20,13 +20,17 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from app.chunker import Chunker
 from app.limits import ReplayBudget
 from app.protocol import SessionConfig
+from app.resample import Resampler
+from app.sentences import SentenceTracker
 from tasks import wire
 from tasks.errors import ServiceError, StreamStateLost
-from tasks.wire import ChunkJob, ChunkResult
+from tasks.options import BYTES_PER_SAMPLE, SAMPLE_RATE
+from tasks.wire import ChunkJob, ChunkResult, SentenceJob, SentenceResult
 
 
 @dataclass
@@ -34,6 +38,7 @@ class Delivery:
     """What a batch of results means for the session: messages for the client, and what to do next."""
 
     messages: list[dict] = field(default_factory=list)
+    sentences: list[SentenceJob] = field(default_factory=list)  # sentence jobs to send (2pass, offline)
     latencies: list[float] = field(default_factory=list)  # submission → now, per delivered chunk (seconds)
     replay: bool = False  # the worker lost the stream's state: replay elsewhere
     fatal: ServiceError | None = None  # the session cannot go on
@@ -73,6 +78,15 @@ class StreamSession:
         self._outstanding_bytes = 0  # audio of issued jobs not yet answered
         self._next_deliver = 0
         self._results: dict[int, ChunkResult] = {}
+        self._issued = 0  # bytes of 16 kHz audio issued in all (the sentence tracker's absolute offsets)
+        self._utterance_start = 0  # ... at the current utterance's first chunk
+        self._ends: dict[int, int] = {}  # seq -> absolute byte offset after that chunk, until it is answered
+        self._resampler = Resampler(config.audio_fs) if config.audio_fs != SAMPLE_RATE else None
+        self.sentences: SentenceTracker | None = None
+        if config.mode != "online":
+            self.sentences = SentenceTracker(
+                session_id, channel=channel, mode=config.mode, wav_name=config.wav_name, hotwords=config.hotwords
+            )
 
     # --- audio in -------------------------------------------------------------------------------------------------
     @property
@@ -81,20 +95,43 @@ class StreamSession:
 
     def feed(self, frame: bytes) -> list[ChunkJob]:
         """A binary frame → the jobs for the chunks it completed. Raises ProtocolError on a bad frame."""
-        return [self._job(chunk, final=False) for chunk in self._chunker.feed(frame)]
+        if self._resampler is not None:
+            self._chunker.check(frame)
+            chunks = self._chunker.feed(self._resampler.feed(frame), checked=True)
+        else:
+            chunks = self._chunker.feed(frame)
+        return [self._job(chunk, final=False) for chunk in chunks]
 
     def end_utterance(self) -> list[ChunkJob]:
         """``is_speaking: false`` → the final job (the remaining partial chunk, possibly empty).
 
         Without audio since the last final there is no utterance to end, and nothing is issued.
         """
+        if self._resampler is not None:
+            tail = self._resampler.flush()
+            if tail:
+                jobs = [self._job(chunk, final=False) for chunk in self._chunker.feed(tail, checked=True)]
+                return jobs + self._end_utterance()
+        return self._end_utterance()
+
+    def _end_utterance(self) -> list[ChunkJob]:
         rest = self._chunker.flush()
         if not rest and not self._in_utterance:
             return []
-        return [self._job(rest, final=True)]
+        job = self._job(rest, final=True)
+        if self.sentences is not None:
+            self.sentences.new_utterance()
+        return [job]
 
     def _job(self, audio: bytes, *, final: bool) -> ChunkJob:
         first = not self._in_utterance
+        if first:
+            self._utterance_start = self._issued
+        at = (self._issued - self._utterance_start) // BYTES_PER_SAMPLE
+        self._issued += len(audio)
+        self._ends[self._seq] = self._issued
+        if self.sentences is not None:
+            self.sentences.feed(audio)
         job = ChunkJob(
             stream=self.stream,
             seq=self._seq,
@@ -104,6 +141,7 @@ class StreamSession:
             options=None if self._options_sent else self._options,
             channel=self.channel,
             submitted_at=self.clock(),
+            at=at,
         )
         self._options_sent = True
         self._seq += 1
@@ -160,6 +198,11 @@ class StreamSession:
             message = self._message(ready)
             if message is not None:
                 delivery.messages.append(message)
+            chunk_end = self._ends.pop(ready.seq, 0)
+            if self.sentences is not None:
+                update = self.sentences.on_chunk(ready.vad, chunk_end, ready.is_final)
+                delivery.sentences += update.jobs
+                delivery.messages += update.messages
             if ready.is_final:
                 self._release_through(ready.seq)
                 self.replay_exact = not self._kept or self._kept[0].first
@@ -178,11 +221,30 @@ class StreamSession:
             self._release_through(job.seq, charged=False)
             self.replay_exact = False
 
+    def accept_sentence(self, result: SentenceResult) -> Delivery:
+        """A sentence's result → its message (and the next sentence job), in sentence order."""
+        delivery = Delivery()
+        if self.sentences is not None:
+            update = self.sentences.on_result(result)
+            delivery.sentences, delivery.messages = update.jobs, update.messages
+        return delivery
+
     def _message(self, result: ChunkResult) -> dict | None:
+        mode = self.config.mode
+        if mode != "online":
+            # 2pass: partials as 2pass-online, never final (the sentences and the end acknowledgement come from the
+            # sentence tracker); offline: no partials at all.
+            if mode == "offline" or not result.text:
+                return None
+            message: dict[str, Any] = {"mode": "2pass-online", "text": result.text, "wav_name": self.config.wav_name}
+            message.update(is_final=False, chunk=result.seq)
+            if self.config.timing:
+                message["timing"] = self._timing(result)
+            return message
         if not result.text and not result.is_final:
             return None  # FunASR's servers send nothing for a chunk that produced no text
         message = {
-            "mode": self.config.mode,
+            "mode": mode,
             "text": result.text,
             "wav_name": self.config.wav_name,
             "is_final": result.is_final,
@@ -227,6 +289,10 @@ class StreamSession:
         self._kept.clear()
 
     # --- worker loss ----------------------------------------------------------------------------------------------
+    def resend_sentences(self) -> list[SentenceJob]:
+        """After a move: the sentence in flight, to send again to the new worker."""
+        return self.sentences.resend() if self.sentences is not None else []
+
     def replay(self) -> list[ChunkJob]:
         """Start a new generation and return every kept job re-addressed to it, the first one marked first and
         carrying the options."""

@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: Where the run command puts the generated random-weight model when ``ASR_MODEL`` is empty.
 DEFAULT_MODEL_DIR = ROOT / "models" / "paraformer-zh-streaming-tiny"
+#: ... and the 2pass models beside it (folder names in the same parent folder).
+DEFAULT_EXTRA_DIRS = {"vad": "fsmn-vad-tiny", "offline": "paraformer-zh-tiny", "punc": "ct-punc-tiny"}
 
 
 def _setting(default: Any, doc: str, unit: str = "") -> Any:
@@ -61,6 +63,30 @@ class Settings:
     autocast: str = _setting("", "CUDA only: run the batched model under autocast, float16 or bfloat16")
     encoder_chunk_look_back: int = _setting(4, "Default encoder look-back of the streaming model", "chunks")
     decoder_chunk_look_back: int = _setting(1, "Default decoder look-back of the streaming model", "chunks")
+    vad_model: str = _setting(
+        "",
+        "Streaming VAD for the 2pass and offline modes (e.g. fsmn-vad, or a folder). Empty: the embedded tiny "
+        "random-weight VAD while ASR_MODEL is the embedded default, otherwise none; 'none': no VAD",
+    )
+    vad_device: str = _setting("", "torch device for the VAD; empty: ASR_DEVICE")
+    offline_model: str = _setting(
+        "",
+        "Offline model of the 2pass second pass and the offline mode (e.g. paraformer-zh, SeACo-Paraformer: "
+        "hotwords and timestamps). Empty/'none': as for ASR_VAD_MODEL (without it, no 2pass/offline modes)",
+    )
+    offline_device: str = _setting("", "torch device for the offline model; empty: ASR_DEVICE")
+    punc_model: str = _setting(
+        "",
+        "Punctuation of the offline pass (e.g. ct-punc-c, the realtime CT-Transformer FunASR's servers use). "
+        "Empty: as for ASR_VAD_MODEL; 'none': sentences without punctuation",
+    )
+    punc_device: str = _setting("", "torch device for the punctuation model; empty: ASR_DEVICE")
+    sentence_max_batch: int = _setting(8, "Most sentences one offline-pass round takes", "sentences")
+    sentence_max_defer_ms: float = _setting(
+        1000.0,
+        "Sentences yield to live chunks; one that has waited this long goes in the next round anyway",
+        "ms",
+    )
     fault_injection: bool = _setting(
         False,
         "Chaos testing only: a stream whose wav_name starts with '__raise__' makes the recognizer raise, "
@@ -174,6 +200,18 @@ class Settings:
     @property
     def model_path(self) -> str:
         return self.model or self.default_model_dir
+
+    def extra_model(self, kind: str) -> tuple[str, bool] | None:
+        """Where the ``vad``, ``offline`` or ``punc`` model comes from: (folder or hub name, is the embedded default),
+        or None when the worker runs without it."""
+        value = {"vad": self.vad_model, "offline": self.offline_model, "punc": self.punc_model}[kind].strip()
+        if value.lower() == "none":
+            return None
+        if value:
+            return value, False
+        if not self.model_is_default:
+            return None  # a real streaming model with a random-weight VAD beside it would surprise everyone
+        return str(Path(self.default_model_dir).parent / DEFAULT_EXTRA_DIRS[kind]), True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -19,6 +19,15 @@ Batching policy. When the first chunk becomes ready the batcher waits at most ``
 whatever is ready (up to ``max_batch``). Chunks that became ready while a batch was running have already waited
 and go at once. Larger ``max_wait`` buys bigger batches (throughput) with added latency; see the README.
 
+Stages. A chunk of an ``online`` stream goes through the streaming recognizer; of a ``2pass`` stream through the
+VAD (its events ride on the chunk's result, for the gateway to cut sentences) and the streaming recognizer; of an
+``offline`` stream through the VAD only. Each is one batched call per round over the round's chunks that need it.
+*Sentences* (:class:`~tasks.wire.SentenceJob`, the 2pass second pass) are stateless and go through the offline
+pipeline (offline model, then punctuation) in batches of their own, with a lower priority: a round takes sentences
+only when no chunk is ready, or when the oldest sentence has waited ``sentence_max_defer`` (so a busy worker still
+corrects sentences); a sentence round holds at most ``sentence_max_batch`` sentences and
+``sentence_max_audio`` seconds of audio, which bounds how long a chunk that becomes ready meanwhile waits.
+
 Failure. Whatever goes wrong with one batch outside the recognizer's own contract (a bug, a broken promise of the
 recognizer) fails that batch's chunks with ``engine_error`` and the batcher goes on. If the batcher thread dies
 anyway, or stops coming back to its loop for ``stall_timeout``, :meth:`Engine.health` says so, every waiting task
@@ -33,18 +42,23 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from config.logs import stream_fields
-from tasks.errors import EngineError, RecognitionFailed, ServiceError, StreamStateLost
+from tasks.errors import EngineError, ModelMissing, RecognitionFailed, ServiceError, StreamStateLost
 from tasks.options import StreamOptions
 from tasks.recognizer import ChunkWork, StreamingRecognizer, StreamState
-from tasks.wire import ChunkJob, ChunkResult
+from tasks.wire import ChunkJob, ChunkResult, SentenceJob, SentenceResult
+
+if TYPE_CHECKING:  # the models load lazily in tasks.runtime; the engine only calls them
+    from tasks.offline import SentencePipeline
+    from tasks.vad import StreamingVad, VadState
 
 logger = logging.getLogger(__name__)
 
-Publisher = Callable[[Sequence[tuple[str, ChunkResult]]], None]
+Publisher = Callable[[Sequence[tuple[str, ChunkResult | SentenceResult]]], None]
 SWEEP_SECONDS = 0.25  # how often gap and idle timeouts are checked
 IDLE_WAKE_SECONDS = 0.5  # an idle batcher still comes back to its loop this often: the stall check relies on it
 
@@ -96,11 +110,21 @@ class _Waiting:
 
 
 @dataclass
+class _Sentence:
+    job: SentenceJob
+    pending: Pending
+    arrived: float
+
+
+@dataclass
 class _Stream:
     """Engine-side view of one stream: model state plus the reorder buffer."""
 
     id: str
+    opened: bool = False  # a first chunk opened its model state (streaming and/or VAD, per its mode)
     state: StreamState | None = None
+    vad_state: VadState | None = None
+    vad_base_ms: int = 0  # where the VAD state started in the utterance (a replay may start mid-utterance)
     options: StreamOptions | None = None  # from the stream's first job; kept for its later utterances
     next_seq: int | None = None  # None until the stream's first job (the one with options) has arrived
     waiting: dict[int, _Waiting] = field(default_factory=dict)
@@ -117,6 +141,9 @@ class EngineObserver:
     def batch(self, size: int, waits: Sequence[float], forward: float, compute: float) -> None:
         """A batch ran: its chunks, each one's wait (submission to batch start, s; the gateway's wall clock
         against this host's), the recognizer call and the whole batch (s)."""
+
+    def stage_ran(self, name: str, size: int, forward: float) -> None:
+        """One model stage ran on ``size`` items in ``forward`` seconds: ``vad``, ``streaming`` or ``sentence``."""
 
     def failed(self, code: str, count: int = 1) -> None:
         """``count`` chunks failed with error ``code`` (tasks.errors)."""
@@ -165,8 +192,20 @@ class Engine:
         fault_injection: bool = False,
         clock: Callable[[], float] = time.monotonic,
         observer: EngineObserver | None = None,
+        vad: StreamingVad | None = None,
+        sentences: SentencePipeline | None = None,
+        sentence_max_batch: int = 8,
+        sentence_max_audio: float = 30.0,
+        sentence_max_defer: float = 1.0,
     ) -> None:
         self.recognizer = recognizer
+        self.vad = vad
+        self.sentences = sentences
+        self.sentence_max_batch = max(1, sentence_max_batch)
+        self.sentence_max_audio = sentence_max_audio
+        self.sentence_max_defer = sentence_max_defer
+        self._sentence_queue: deque[_Sentence] = deque()
+        self._sentence_batch: list[_Sentence] = []
         self.publish = publish
         self.worker_id = worker_id
         self.max_batch = max(1, max_batch)
@@ -223,6 +262,23 @@ class Engine:
         return self.health() == HEALTH_OK
 
     @property
+    def modes(self) -> list[str]:
+        """The session modes this engine's models serve."""
+        offline = self.vad is not None and self.sentences is not None
+        return ["online"] + (["2pass", "offline"] if offline else [])
+
+    def submit_sentence(self, job: SentenceJob) -> Pending:
+        """Queue one sentence for the offline pass; the Pending resolves once its result was published."""
+        pending = Pending()
+        with self._cond:
+            if self._stopping or self.death is not None:
+                pending.resolve(None)
+                return pending
+            self._sentence_queue.append(_Sentence(job, pending, self.clock()))
+            self._cond.notify()
+        return pending
+
+    @property
     def open_streams(self) -> int:
         with self._cond:
             return len(self._streams)
@@ -263,6 +319,10 @@ class Engine:
             streams, self._streams = list(self._streams.values()), {}
             self._ready.clear()
             batch = list(self._batch)
+            sentences = list(self._sentence_queue) + list(self._sentence_batch)
+            self._sentence_queue.clear()
+        for sentence in sentences:
+            sentence.pending.resolve(None)
         for stream in streams:
             for waiting in stream.waiting.values():
                 waiting.pending.resolve(None)
@@ -321,7 +381,14 @@ class Engine:
                 batch = self._collect()
                 if batch is None:
                     return
-            if batch:
+            if isinstance(batch, _SentenceRound):
+                self._sentence_batch = batch.items
+                try:
+                    self._process_sentences(batch.items)
+                except Exception as exc:  # noqa: BLE001 - as for chunks: one round fails, not the worker
+                    self._fail_sentences(batch.items, exc)
+                self._sentence_batch = []
+            elif batch:
                 self._batch = batch
                 if self.fault_injection:
                     _inject_death(batch)
@@ -371,14 +438,18 @@ class Engine:
         for waiting, result in zip(failed, results):
             waiting.pending.resolve(result)
 
-    def _collect(self) -> list[tuple[_Stream, _Waiting]] | None:
-        """Wait for ready chunks per the batching policy; None when stopping. Caller holds the lock."""
-        while not self._ready and not self._stopping:
+    def _collect(self) -> list[tuple[_Stream, _Waiting]] | _SentenceRound | None:
+        """Wait for ready chunks (or sentences) per the batching policy; None when stopping. Caller holds the lock."""
+        while not self._ready and not self._sentence_queue and not self._stopping:
             self._cond.wait(timeout=IDLE_WAKE_SECONDS)
-            if not self._ready:
+            if not self._ready and not self._sentence_queue:
                 return []  # let the caller sweep expired streams now and then
         if self._stopping:
             return None
+        if self._sentence_queue and (
+            not self._ready or self.clock() - self._sentence_queue[0].arrived > self.sentence_max_defer
+        ):
+            return self._take_sentences()
         deadline = self._oldest_ready_arrival() + self.max_wait
         while len(self._ready) < self.max_batch and not self._stopping:
             remaining = deadline - self.clock()
@@ -386,6 +457,89 @@ class Engine:
                 break
             self._cond.wait(timeout=remaining)
         return self._take_batch()
+
+    def _take_sentences(self) -> _SentenceRound:
+        items: list[_Sentence] = []
+        audio = 0.0
+        while self._sentence_queue and len(items) < self.sentence_max_batch:
+            seconds = len(self._sentence_queue[0].job.audio) / 32000
+            if items and audio + seconds > self.sentence_max_audio:
+                break
+            items.append(self._sentence_queue.popleft())
+            audio += seconds
+        return _SentenceRound(items)
+
+    def _process_sentences(self, items: list[_Sentence]) -> None:
+        """One round of the offline pass: offline model then punctuation over the round's sentences."""
+        from tasks.offline import SentenceWork  # noqa: PLC0415 - numpy-side module, loaded with the models
+
+        started = time.time()
+        t0 = self.clock()
+        pipeline = self.sentences
+        if pipeline is None:
+            outputs: list = [ModelMissing("this worker has no offline model (ASR_OFFLINE_MODEL)")] * len(items)
+        else:
+            work = [SentenceWork(_pcm_to_float(s.job.audio), s.job.hotwords, dict(s.job.punc)) for s in items]
+            try:
+                outputs = pipeline.process(work)
+            except Exception as exc:  # noqa: BLE001 - third-party code: retry one by one to find the culprit
+                logger.warning("sentence round of %d raised %r; retrying one by one", len(work), exc)
+                outputs = [self._sentence_one(pipeline, w) for w in work]
+        forward = self.clock() - t0
+        if len(outputs) != len(items):
+            raise EngineError(f"the offline pipeline returned {len(outputs)} results for {len(items)} sentences")
+        self.observer.stage_ran("sentence", len(items), forward)
+        messages = []
+        for item, out in zip(items, outputs):
+            job = item.job
+            timing = {"queued": round(started - job.submitted_at, 4), "compute": round(forward, 4), "batch": len(items)}
+            end_ms = job.start_ms + len(job.audio) // 32
+            if isinstance(out, ServiceError):
+                self.observer.failed(out.code)
+                result = SentenceResult(
+                    job.session, job.index, start_ms=job.start_ms, end_ms=end_ms, error=out.message, code=out.code,
+                    worker=self.worker_id, timing=timing,
+                )  # fmt: skip
+            else:
+                result = SentenceResult(
+                    job.session,
+                    job.index,
+                    text=out.text,
+                    raw_text=out.raw_text,
+                    timestamp=out.timestamp,
+                    stamp_sents=out.stamp_sents,
+                    punc=out.punc_cache,
+                    start_ms=job.start_ms,
+                    end_ms=end_ms,
+                    worker=self.worker_id,
+                    timing=timing,
+                )
+            messages.append((job.channel, result))
+        self._publish(messages)
+        for item in items:
+            item.pending.resolve(None)
+
+    @staticmethod
+    def _sentence_one(pipeline: SentencePipeline, work) -> object:
+        try:
+            return pipeline.process([work])[0]
+        except Exception as exc:  # noqa: BLE001 - third-party code
+            logger.exception("offline pipeline raised on one sentence")
+            return RecognitionFailed(f"offline pipeline failed: {type(exc).__name__}: {exc}")
+
+    def _fail_sentences(self, items: list[_Sentence], exc: Exception) -> None:
+        logger.error("sentence round of %d failed in the engine: %r", len(items), exc, exc_info=exc)
+        error = EngineError(f"internal error in the worker's engine: {type(exc).__name__}: {exc}")
+        pending = [s for s in items if not s.pending.done]
+        self._publish(
+            [
+                (s.job.channel, SentenceResult(s.job.session, s.job.index, error=error.message, code=error.code))
+                for s in pending
+            ]
+        )
+        self.observer.failed(error.code, len(pending))
+        for s in pending:
+            s.pending.resolve(None)
 
     def _oldest_ready_arrival(self) -> float:
         stream = self._streams.get(self._ready[0])
@@ -397,25 +551,35 @@ class Engine:
         started = time.time()
         t0 = self.clock()
         outcomes: list[str | ServiceError | None] = [self._prepare(s, w) for s, w in batch]
-        todo = [i for i, outcome in enumerate(outcomes) if outcome is None]
+        audio = [_pcm_to_float(w.job.audio) for _, w in batch]
+        events = self._vad_stage(batch, outcomes, audio)
+        todo = [i for i, outcome in enumerate(outcomes) if outcome is None and batch[i][0].state is not None]
         work = []
         for i in todo:
             stream, waiting = batch[i]
-            state: StreamState = stream.state  # type: ignore[assignment]  # _prepare saw to it
-            work.append(ChunkWork(state, _pcm_to_float(waiting.job.audio), waiting.job.is_final))
+            state: StreamState = stream.state  # type: ignore[assignment]  # checked above
+            work.append(ChunkWork(state, audio[i], waiting.job.is_final))
         forward_t0 = self.clock()
         texts = self._recognize(work) if work else []
         forward = self.clock() - forward_t0
         if len(texts) != len(work):
             raise EngineError(f"the recognizer returned {len(texts)} results for {len(work)} chunks")
+        if work:
+            self.observer.stage_ran("streaming", len(work), forward)
         for i, text in zip(todo, texts):
             outcomes[i] = (
                 text
                 if isinstance(text, (str, ServiceError))
                 else RecognitionFailed(f"the recognizer returned a {type(text).__name__}, not text")
             )
+        for i, outcome in enumerate(outcomes):
+            if outcome is None:  # an offline-mode chunk: no text, only VAD events
+                outcomes[i] = ""
         compute = self.clock() - t0
         results = [self._result(w.job, out, started, compute, len(batch)) for (_, w), out in zip(batch, outcomes)]
+        for result, found in zip(results, events):
+            if found and result.error is None:
+                result.vad = found
         self._publish([(w.job.channel, r) for (_, w), r in zip(batch, results)])
         self.stats.batches += 1
         self.stats.chunks += len(batch)
@@ -431,17 +595,58 @@ class Engine:
         """Ready a chunk's stream for it: a first chunk gets fresh model state under the stream's options (its
         own, or those kept from the stream's first job). An error returned fails the chunk."""
         if not waiting.job.first:
-            return None if stream.state is not None else StreamStateLost("the stream has no model state here")
+            return None if stream.opened else StreamStateLost("the stream has no model state here")
         if waiting.options is not None:
             stream.options = waiting.options
-        if stream.options is None:
+        options = stream.options
+        if options is None:
             return StreamStateLost("this worker holds no options for the stream: replay it with options")
+        if options.needs_vad and (self.vad is None or self.sentences is None):
+            return ModelMissing(
+                f"mode {options.mode!r} needs the VAD and offline models; this worker has not loaded them"
+            )
+        stream.opened = False
         try:
-            stream.state = self.recognizer.open_stream(stream.options)
-        except Exception as exc:  # noqa: BLE001 - the recognizer is third-party code, as in _recognize
-            logger.exception("recognizer could not open stream %s", stream.id, extra=stream_fields(stream.id))
-            return RecognitionFailed(f"recognizer failed to open the stream: {type(exc).__name__}: {exc}")
+            stream.state = self.recognizer.open_stream(options) if options.needs_streaming else None
+            stream.vad_state = self.vad.open_stream() if options.needs_vad and self.vad is not None else None
+        except Exception as exc:  # noqa: BLE001 - the models are third-party code, as in _recognize
+            logger.exception("could not open stream %s", stream.id, extra=stream_fields(stream.id))
+            return RecognitionFailed(f"failed to open the stream: {type(exc).__name__}: {exc}")
+        stream.vad_base_ms = waiting.job.at // 16
+        stream.opened = True
         return None
+
+    def _vad_stage(
+        self, batch: list[tuple[_Stream, _Waiting]], outcomes: list, audio: list[np.ndarray]
+    ) -> list[list[list[int]]]:
+        """Run the VAD over the round's chunks that need it; a failure fails that chunk (outcomes[i])."""
+        from tasks.vad import VadWork  # noqa: PLC0415 - numpy-side module, loaded with the models
+
+        events: list[list[list[int]]] = [[] for _ in batch]
+        todo = [i for i, o in enumerate(outcomes) if o is None and batch[i][0].vad_state is not None]
+        if not todo or self.vad is None:
+            return events
+        vad = self.vad
+        work = [VadWork(batch[i][0].vad_state, audio[i], batch[i][1].job.is_final) for i in todo]  # type: ignore[arg-type]
+        t0 = self.clock()
+        try:
+            found = vad.process(work)
+        except Exception as exc:  # noqa: BLE001 - third-party code: retry one by one to find the culprit
+            logger.warning("VAD round of %d raised %r; retrying one by one", len(work), exc)
+            found = []
+            for item in work:
+                try:
+                    found.append(vad.process([item])[0])
+                except Exception as one:  # noqa: BLE001
+                    found.append(RecognitionFailed(f"VAD failed: {type(one).__name__}: {one}"))
+        self.observer.stage_ran("vad", len(work), self.clock() - t0)
+        for i, out in zip(todo, found):
+            if isinstance(out, ServiceError):
+                outcomes[i] = out
+                continue
+            base = batch[i][0].vad_base_ms
+            events[i] = [[b + base if b >= 0 else -1, e + base if e >= 0 else -1] for b, e in out]
+        return events
 
     def _recognize(self, work: list[ChunkWork]) -> list[str | RecognitionFailed]:
         """Run the batch; if the recognizer raises, retry the items alone so only the culprit fails."""
@@ -482,7 +687,7 @@ class Engine:
             stream.state.chunks_done = 0 if job.is_final else stream.state.chunks_done + 1
         self._mark_ready(stream)
 
-    def _publish(self, messages: list[tuple[str, ChunkResult]]) -> None:
+    def _publish(self, messages: Sequence[tuple[str, ChunkResult | SentenceResult]]) -> None:
         try:
             self.publish(messages)
         except Exception:  # noqa: BLE001 - a broken Redis must not kill the batcher; gateways time out
@@ -530,6 +735,13 @@ class Engine:
         logger.warning("stream %s: %s", stream.id, error.message, extra=stream_fields(stream.id))
         self.observer.failed(error.code, len(out))
         return out
+
+
+@dataclass
+class _SentenceRound:
+    """A round of the batcher that runs sentences (the offline pass) instead of chunks."""
+
+    items: list[_Sentence]
 
 
 def _inject_death(batch: list[tuple[_Stream, _Waiting]]) -> None:

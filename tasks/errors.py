@@ -82,3 +82,9 @@ class RecognitionFailed(EngineError):
     """The recognizer raised while processing one stream's chunk."""
 
     code = "recognition_failed"
+
+
+class ModelMissing(EngineError):
+    """A chunk or sentence needs a model this worker has not loaded (a mode's VAD or offline model)."""
+
+    code = "model_missing"

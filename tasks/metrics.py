@@ -74,6 +74,20 @@ class WorkerMetrics(EngineObserver):
             buckets=SECONDS_BUCKETS,
             registry=r,
         )
+        self.pipeline_size = Histogram(
+            "asr_engine_pipeline_batch_size",
+            "Items per call of one pipeline stage: vad, streaming (chunks) or sentence (offline model + punctuation)",
+            ["stage"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.pipeline_forward = Histogram(
+            "asr_engine_pipeline_forward_seconds",
+            "One call of one pipeline stage (vad, streaming, sentence)",
+            ["stage"],
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
         self.wait = Histogram(
             "asr_engine_chunk_wait_seconds",
             "Gateway submission to the start of the chunk's "
@@ -107,6 +121,10 @@ class WorkerMetrics(EngineObserver):
         for wait in waits:
             self.wait.observe(max(0.0, wait))  # clock skew between hosts can make it negative
             self.compute.observe(compute)
+
+    def stage_ran(self, name: str, size: int, forward: float) -> None:
+        self.pipeline_size.labels(name).observe(size)
+        self.pipeline_forward.labels(name).observe(forward)
 
     def failed(self, code: str, count: int = 1) -> None:
         self.failures.labels(code).inc(count)

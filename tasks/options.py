@@ -28,6 +28,10 @@ MAX_HOTWORDS_BYTES = 4096  # UTF-8 bytes of the hotwords string as sent
 MAX_HOTWORDS = 128  # entries (JSON object keys, or whitespace/comma-separated words)
 MAX_WAV_NAME_CHARS = 256
 
+#: FunASR's session modes: ``online`` streams partials from the streaming model; ``offline`` finds sentences with
+#: the VAD and sends each one through the offline model and punctuation; ``2pass`` does both.
+MODES = ("online", "2pass", "offline")
+
 
 def _bad(message: str) -> ProtocolError:
     return ProtocolError(message, code="bad_config")
@@ -92,9 +96,20 @@ class StreamOptions:
     chunk_size: tuple[int, int, int] = (5, 10, 5)
     encoder_chunk_look_back: int = 4
     decoder_chunk_look_back: int = 1
-    hotwords: str = ""  # accepted and kept; paraformer-zh-streaming has no hotword biasing
-    itn: bool = True  # accepted and kept; no ITN model in the streaming path yet
+    hotwords: str = ""  # biases the offline model (2pass, offline); paraformer-zh-streaming has no biasing
+    itn: bool = True  # accepted and kept: FunASR's ITN is a C++ runtime feature; no Python model applies it
     wav_name: str = ""
+    mode: str = "online"
+
+    @property
+    def needs_vad(self) -> bool:
+        """2pass and offline find sentence ends with the VAD."""
+        return self.mode != "online"
+
+    @property
+    def needs_streaming(self) -> bool:
+        """online and 2pass send partials from the streaming model."""
+        return self.mode != "offline"
 
     @property
     def chunk_samples(self) -> int:
@@ -113,6 +128,7 @@ class StreamOptions:
             "hotwords": self.hotwords,
             "itn": self.itn,
             "wav_name": self.wav_name,
+            "mode": self.mode,
         }
 
     @classmethod
@@ -127,6 +143,9 @@ class StreamOptions:
         itn = data.get("itn", True)
         if not isinstance(itn, bool):
             raise _bad("itn must be a boolean")
+        mode = data.get("mode", "online")
+        if mode not in MODES:
+            raise _bad(f"mode must be one of {', '.join(MODES)}")
         return cls(
             chunk_size=check_chunk_size(data["chunk_size"]),
             encoder_chunk_look_back=check_int(
@@ -138,4 +157,5 @@ class StreamOptions:
             hotwords=check_hotwords(data.get("hotwords", "")),
             itn=itn,
             wav_name=check_wav_name(data.get("wav_name", "")),
+            mode=mode,
         )

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import redis
 
@@ -32,7 +33,11 @@ from tasks.errors import ModelLoadError
 from tasks.metrics import HEALTH_LOADING, WorkerMetrics, time_stages
 from tasks.recognizer import FaultInjectingRecognizer, FunASRStreamingRecognizer, StreamingRecognizer
 from tasks.registry import Heartbeat
-from tasks.wire import ChunkResult, Keys
+from tasks.wire import ChunkResult, Keys, SentenceResult
+
+if TYPE_CHECKING:
+    from tasks.offline import SentencePipeline
+    from tasks.vad import StreamingVad
 
 logger = logging.getLogger(__name__)
 
@@ -82,13 +87,49 @@ def build_recognizer(settings: Settings) -> StreamingRecognizer:
     return recognizer
 
 
+EXTRA_KINDS = {"vad": "vad", "offline": "offline", "punc": "punc"}  # settings kind -> tasks.modelgen kind
+
+
+def _extra_source(settings: Settings, kind: str) -> str | None:
+    """The folder or hub name of a 2pass model, generating the embedded default on first use."""
+    source = settings.extra_model(kind)
+    if source is None:
+        return None
+    path, is_default = source
+    if is_default:
+        modelgen.generate(path, "tiny", kind=EXTRA_KINDS[kind])
+    return path
+
+
+def build_sentence_models(settings: Settings) -> tuple[StreamingVad | None, SentencePipeline | None]:
+    """The VAD and the offline pipeline (offline model + punctuation) of the 2pass and offline modes, as
+    configured; (None, None) when either the VAD or the offline model is off: the worker then serves online only."""
+    vad_path, offline_path = _extra_source(settings, "vad"), _extra_source(settings, "offline")
+    if vad_path is None or offline_path is None:
+        if (vad_path is None) != (offline_path is None):
+            logger.warning("2pass and offline need both ASR_VAD_MODEL and ASR_OFFLINE_MODEL; serving online only")
+        return None, None
+    from tasks.offline import SentencePipeline  # noqa: PLC0415 - only workers that serve 2pass load these
+    from tasks.vad import load_vad  # noqa: PLC0415
+
+    vad = load_vad(vad_path, device=settings.vad_device or settings.device, batched=settings.batching)
+    pipeline = SentencePipeline(
+        offline_path,
+        _extra_source(settings, "punc"),
+        device=settings.offline_device or settings.device,
+        ncpu=settings.ncpu,
+        punc_device=settings.punc_device or settings.device,
+    )
+    return vad, pipeline
+
+
 class RedisPublisher:
     """Publishes a batch's results on their sessions' channels in one pipeline (one round trip per batch)."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
 
-    def __call__(self, messages: Sequence[tuple[str, ChunkResult]]) -> None:
+    def __call__(self, messages: Sequence[tuple[str, ChunkResult | SentenceResult]]) -> None:
         pipe = self.client.pipeline(transaction=False)
         for channel, result in messages:
             pipe.publish(channel, result.encode())
@@ -150,6 +191,7 @@ class WorkerRuntime:
         try:
             recognizer = build_recognizer(self.settings)
             recognizer.warm_up(batch_sizes=(1, min(8, max(1, self.concurrency))))
+            vad, sentences = build_sentence_models(self.settings)
         except Exception as exc:  # noqa: BLE001 - process boundary: a worker without a model is useless
             logger.critical("worker %s cannot load its model, exiting: %s", self.worker_id, exc, exc_info=True)
             self.exit(EXIT_MODEL_LOAD_FAILED)
@@ -168,6 +210,10 @@ class WorkerRuntime:
             on_death=self.engine_failed,
             fault_injection=self.settings.fault_injection,
             observer=self.metrics,
+            vad=vad,
+            sentences=sentences,
+            sentence_max_batch=self.settings.sentence_max_batch,
+            sentence_max_defer=self.settings.sentence_max_defer_ms / 1000,
         ).start()
         logger.info("model ready in %.1f s: %s (%s)", time.monotonic() - t0, recognizer.description, recognizer.name)
         self.heartbeat = Heartbeat(
@@ -268,10 +314,30 @@ class WorkerRuntime:
             "model": self.settings.model_path,
             "model_is_default": self.settings.model_is_default,
             "device": self.settings.device,
+            "modes": engine.modes if engine else [],
+            "models": self.models(),
             "started_at": self.started_at,
             "metrics_port": self.metrics.port if self.metrics else None,
             "stats": engine.stats.snapshot() if engine else {},
         }
+
+    def models(self) -> dict:
+        """Each model this worker serves with: what it is and where it runs (heartbeat, /healthz)."""
+        settings, engine = self.settings, self.engine
+        models: dict[str, dict] = {
+            "streaming": {"model": settings.model_path, "device": settings.device, "default": settings.model_is_default}
+        }
+        vad = engine.vad if engine else None
+        pipeline = engine.sentences if engine else None
+        for kind, loaded, device in (
+            ("vad", vad is not None, settings.vad_device),
+            ("offline", pipeline is not None, settings.offline_device),
+            ("punc", pipeline is not None and pipeline.has_punc, settings.punc_device),
+        ):
+            source = settings.extra_model(kind)
+            if loaded and source is not None:
+                models[kind] = {"model": source[0], "device": device or settings.device, "default": source[1]}
+        return models
 
     def drain(self, draining: bool = True) -> dict:
         """Advertise (or stop advertising) that this worker takes no new sessions; its open ones go on.

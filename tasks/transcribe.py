@@ -26,7 +26,7 @@ from config.settings import Settings
 from tasks import wire
 from tasks.errors import ProtocolError
 from tasks.runtime import WorkerRuntime
-from tasks.wire import ChunkJob, ChunkResult
+from tasks.wire import ChunkJob, ChunkResult, SentenceJob, SentenceResult
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +156,42 @@ def transcribe_chunk(payload: Any) -> None:
             runtime.settings.chunk_timeout,
             extra=stream_fields(job.stream, job.seq),
         )
+
+
+@shared_task(name=wire.TASK_SENTENCE, ignore_result=True)
+def correct_sentence(payload: Any) -> None:
+    """The 2pass second pass for one sentence (offline model, then punctuation); returns once its result is
+    published on the session's channel. Stateless: the payload carries the audio and the session's state."""
+    try:
+        job = SentenceJob.from_wire(payload)
+    except ProtocolError as exc:
+        _refuse_sentence(payload, exc)
+        return
+    runtime = _ready_runtime()
+    assert runtime.engine is not None
+    try:
+        runtime.engine.submit_sentence(job).wait(timeout=runtime.settings.chunk_timeout)
+    except TimeoutError:
+        logger.warning(
+            "sentence %d of %s still waiting after %.0f s", job.index, job.session, runtime.settings.chunk_timeout
+        )
+
+
+def _refuse_sentence(payload: Any, error: ProtocolError) -> None:
+    """Answer a malformed sentence task on its session's channel (the session reports it and goes on)."""
+    runtime = _runtime
+    address = SentenceJob.reply_address(payload)
+    if runtime is not None and address is not None:
+        session, index, channel = address
+        if channel == runtime.keys.result_channel(session):
+            logger.warning("refusing sentence %d of %s: %s", index, session, error.message)
+            result = SentenceResult(session, index, error=error.message, code=error.code, worker=runtime.worker_id)
+            try:
+                runtime.publisher([(channel, result)])
+            except redis.RedisError as exc:
+                logger.warning("could not answer the refused sentence %d of %s: %s", index, session, exc)
+            return
+    logger.error("dropping a malformed sentence task (%s): %s", error.message, wire.payload_summary(payload))
 
 
 @shared_task(name=wire.TASK_CLOSE_STREAM, ignore_result=True)

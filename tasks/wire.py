@@ -31,6 +31,7 @@ from tasks.options import (
 
 TASK_CHUNK = "asr.chunk"
 TASK_CLOSE_STREAM = "asr.close_stream"
+TASK_SENTENCE = "asr.sentence"
 SERIALIZER = "msgpack"
 
 # kombu's Redis transport keeps each priority level of a queue in its own list: '<queue>\x06\x16<priority>'.
@@ -156,6 +157,7 @@ class ChunkJob:
     channel: str = ""
     replay: bool = False
     submitted_at: float = field(default_factory=time.time)
+    at: int = 0  # samples of the utterance before this chunk: the VAD's time base after a replay
     _parsed: StreamOptions | None = field(default=None, init=False, repr=False, compare=False)
 
     def stream_options(self) -> StreamOptions | None:
@@ -177,6 +179,7 @@ class ChunkJob:
             "channel": self.channel,
             "replay": self.replay,
             "t": self.submitted_at,
+            "at": self.at,
         }
 
     @classmethod
@@ -209,6 +212,7 @@ class ChunkJob:
             channel=_check_channel(data["channel"]),
             replay=_check_bool("replay", data.get("replay", False)),
             submitted_at=_check_time(data["t"]) if "t" in data else time.time(),
+            at=_check_seq(data.get("at", 0)),
         )
         job._parsed = parsed
         return job
@@ -265,6 +269,10 @@ class ChunkResult:
     code: str | None = None
     worker: str = ""
     timing: dict[str, float] = field(default_factory=dict)
+    vad: list[list[int]] = field(default_factory=list)  # the VAD's events in this chunk (2pass, offline): see below
+
+    # ``vad`` holds FunASR's streaming VAD events, ms from the utterance's first sample: [beg, -1] speech began,
+    # [-1, end] it ended, [beg, end] both, in order.
 
     def encode(self) -> str:
         data: dict[str, Any] = {"stream": self.stream, "seq": self.seq, "text": self.text, "final": self.is_final}
@@ -273,11 +281,16 @@ class ChunkResult:
         data["worker"] = self.worker
         if self.timing:
             data["timing"] = self.timing
+        if self.vad:
+            data["vad"] = self.vad
         return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
     def decode(cls, raw: str | bytes) -> ChunkResult:
-        data = json.loads(raw)
+        return cls.from_data(json.loads(raw))
+
+    @classmethod
+    def from_data(cls, data: dict) -> ChunkResult:
         return cls(
             stream=data["stream"],
             seq=int(data["seq"]),
@@ -287,4 +300,174 @@ class ChunkResult:
             code=data.get("code"),
             worker=data.get("worker", ""),
             timing=data.get("timing") or {},
+            vad=[[int(a), int(b)] for a, b in data.get("vad") or []],
         )
+
+
+#: Bounds of a sentence task (:class:`SentenceJob`). A sentence is one VAD segment: fsmn-vad cuts speech at
+#: ``max_single_segment_time`` (60 s), and the gateway cuts at :data:`MAX_SENTENCE_SECONDS` whatever the VAD says.
+MAX_SENTENCE_SECONDS = 60
+MAX_SENTENCE_BYTES = MAX_SENTENCE_SECONDS * 16000 * BYTES_PER_SAMPLE
+#: The punctuation model's per-session state travels with each sentence: FunASR's realtime CT-Transformer keeps
+#: the words after the last sentence end (``pre_text``). The gateway keeps the last this many; the worker refuses
+#: more.
+MAX_PUNC_WORDS = 256
+MAX_PUNC_BYTES = 16 * 1024
+
+
+def _check_punc(value: Any) -> dict:
+    """The punctuation state: ``{}`` or ``{"pre_text": [str, ...]}`` within the bounds above."""
+    if not isinstance(value, dict) or set(value) - {"pre_text"}:
+        raise _bad_task("punc must be {} or {'pre_text': [...]}")
+    words = value.get("pre_text", [])
+    if not isinstance(words, list) or len(words) > MAX_PUNC_WORDS or not all(isinstance(w, str) for w in words):
+        raise _bad_task(f"punc pre_text must be a list of at most {MAX_PUNC_WORDS} strings")
+    if sum(len(w) for w in words) * 4 > MAX_PUNC_BYTES:
+        raise _bad_task(f"punc pre_text is over {MAX_PUNC_BYTES} bytes")
+    return {"pre_text": list(words)} if "pre_text" in value else {}
+
+
+@dataclass
+class SentenceJob:
+    """One sentence for the offline pass (2pass and offline modes): a VAD segment's audio, cut by the gateway.
+
+    Stateless: everything the offline model and the punctuation model need travels here — the audio, the
+    session's hotwords and the session's punctuation state — so any worker can take it, and a lost one is simply
+    sent again. ``index`` numbers the session's sentences from 0; ``start_ms`` is where the segment starts in its
+    utterance (results carry absolute times). ``session`` is the session id (results go to its channel).
+    """
+
+    session: str
+    index: int
+    audio: bytes
+    start_ms: int = 0
+    hotwords: str = ""
+    punc: dict = field(default_factory=dict)
+    channel: str = ""
+    submitted_at: float = field(default_factory=time.time)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "session": self.session,
+            "index": self.index,
+            "audio": self.audio,
+            "start": self.start_ms,
+            "hotwords": self.hotwords,
+            "punc": self.punc,
+            "channel": self.channel,
+            "t": self.submitted_at,
+        }
+
+    @classmethod
+    def from_wire(cls, data: Any) -> SentenceJob:
+        """Validate a sentence payload completely (ProtocolError ``bad_task`` otherwise)."""
+        from tasks.options import check_hotwords
+
+        if not isinstance(data, dict):
+            raise _bad_task(f"the payload must be a mapping, got {type(data).__name__}")
+        missing = [k for k in ("session", "index", "audio", "channel") if k not in data]
+        if missing:
+            raise _bad_task(f"the payload lacks {', '.join(missing)}")
+        session = data["session"]
+        if not isinstance(session, str) or not 0 < len(session) <= MAX_STREAM_CHARS:
+            raise _bad_task(f"session must be a string of at most {MAX_STREAM_CHARS} characters")
+        audio = data["audio"]
+        if not isinstance(audio, (bytes, bytearray)) or len(audio) % BYTES_PER_SAMPLE:
+            raise _bad_task("audio must be bytes of whole 16-bit samples")
+        if len(audio) > MAX_SENTENCE_BYTES:
+            raise _bad_task(f"a sentence is at most {MAX_SENTENCE_SECONDS} s ({MAX_SENTENCE_BYTES} bytes)")
+        try:
+            hotwords = check_hotwords(data.get("hotwords", ""))
+        except ProtocolError as exc:
+            raise _bad_task(exc.message) from exc
+        return cls(
+            session=session,
+            index=_check_seq(data["index"]),
+            audio=bytes(audio),
+            start_ms=_check_seq(data.get("start", 0)),
+            hotwords=hotwords,
+            punc=_check_punc(data.get("punc", {})),
+            channel=_check_channel(data["channel"]),
+            submitted_at=_check_time(data["t"]) if "t" in data else time.time(),
+        )
+
+    @staticmethod
+    def reply_address(data: Any) -> tuple[str, int, str] | None:
+        if not isinstance(data, dict):
+            return None
+        session, channel = data.get("session"), data.get("channel")
+        try:
+            if not isinstance(session, str) or not session:
+                return None
+            return session, _check_seq(data.get("index")), _check_channel(channel)
+        except ProtocolError:
+            return None
+
+
+@dataclass
+class SentenceResult:
+    """The offline pass's answer for one sentence, published on its session's channel.
+
+    ``text`` is punctuated; ``timestamp`` has one [start, end] per token and ``stamp_sents`` FunASR's per-clause
+    entries, all in ms from the utterance's first sample; ``punc`` is the session's new punctuation state.
+    """
+
+    session: str
+    index: int
+    text: str = ""
+    raw_text: str = ""
+    timestamp: list[list[int]] = field(default_factory=list)
+    stamp_sents: list[dict] = field(default_factory=list)
+    punc: dict = field(default_factory=dict)
+    start_ms: int = 0
+    end_ms: int = 0
+    error: str | None = None
+    code: str | None = None
+    worker: str = ""
+    timing: dict[str, float] = field(default_factory=dict)
+
+    def encode(self) -> str:
+        data: dict[str, Any] = {
+            "kind": "sentence",
+            "session": self.session,
+            "index": self.index,
+            "text": self.text,
+            "raw": self.raw_text,
+            "timestamp": self.timestamp,
+            "stamp_sents": self.stamp_sents,
+            "punc": self.punc,
+            "start": self.start_ms,
+            "end": self.end_ms,
+            "worker": self.worker,
+        }
+        if self.error is not None:
+            data["error"], data["code"] = self.error, self.code
+        if self.timing:
+            data["timing"] = self.timing
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_data(cls, data: dict) -> SentenceResult:
+        return cls(
+            session=data["session"],
+            index=int(data["index"]),
+            text=data.get("text", ""),
+            raw_text=data.get("raw", ""),
+            timestamp=data.get("timestamp") or [],
+            stamp_sents=data.get("stamp_sents") or [],
+            punc=data.get("punc") or {},
+            start_ms=int(data.get("start", 0)),
+            end_ms=int(data.get("end", 0)),
+            error=data.get("error"),
+            code=data.get("code"),
+            worker=data.get("worker", ""),
+            timing=data.get("timing") or {},
+        )
+
+
+def decode_result(raw: str | bytes) -> ChunkResult | SentenceResult:
+    """A message from a session's result channel: a chunk's result or a sentence's."""
+    data = json.loads(raw)
+    if isinstance(data, dict) and data.get("kind") == "sentence":
+        return SentenceResult.from_data(data)
+    return ChunkResult.from_data(data)

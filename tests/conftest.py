@@ -71,6 +71,21 @@ def make_stack(redis_url, tiny_model, logdir, request):
         s.stop()
 
 
+@pytest.fixture(scope="module")
+def make_module_stack(redis_url, tiny_model, logdir):
+    """Like make_stack, for a module's tests that share one private stack (settings of their own)."""
+    stacks: list[Stack] = []
+    yield lambda name, **settings: _new_stack(stacks, f"{name}-m", redis_url, tiny_model, logdir, settings)
+    for s in stacks:
+        s.stop()
+
+
+def _new_stack(stacks: list[Stack], name: str, redis_url, tiny_model, logdir, settings: dict) -> Stack:
+    s = Stack(f"{name}{len(stacks)}", redis_url, str(tiny_model), logdir, settings=settings)
+    stacks.append(s)
+    return s
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
