@@ -1,7 +1,16 @@
-// The browser client: microphone → 16 kHz 16-bit PCM frames over the FunASR WebSocket protocol; partial and
-// final transcripts and the queue banner from what the gateway sends back.
+// The browser client: microphone → 16 kHz 16-bit PCM frames over the FunASR WebSocket protocol, in one of
+// FunASR's three modes, with optional hotwords; partial text, corrected sentences and the queue banner from what
+// the gateway sends back.
 const FRAME_SAMPLES = 960; // 60 ms at 16 kHz, what FunASR's own clients send (chunk_interval 10)
 const BUSY_PENDING = 50; // queue_status above this shows the banner as busy
+// Hotword bounds are the server's (tasks/options.py): a page that checks first shows the user where the problem is.
+const HOTWORD_WEIGHT = 20; // FunASR's weight for a hotword given without one
+const HOTWORD_WEIGHT_RANGE = [1, 100];
+const MAX_HOTWORDS = 128;
+const MAX_HOTWORDS_BYTES = 4096; // UTF-8 bytes of the JSON string as sent
+const WEIGHT_LIKE = /^[-+.\d]*\d[-+.\d]*$/; // a line's last word that was meant as a weight, valid or not
+// Results that carry a whole punctuated sentence with start_time/end_time, replacing the live partials.
+const SENTENCE_MODES = new Set(["2pass-offline", "offline"]);
 
 const $ = (id) => document.getElementById(id);
 // The API token, when the service needs one, comes in the page's own URL (/?token=…). fetch sends it in an
@@ -34,14 +43,113 @@ function onQueueStatus(pending) {
   showQueue(pending === 0 ? "Queue: no backlog" : `Queue: ${pending} chunks waiting`, kind);
 }
 
+// ---- Settings: the mode and FunASR's hotwords, checked before anything is sent ----
+
+class InputError extends Error {}
+
+function showHotwordsError(text) {
+  $("hotwords-error").textContent = text;
+  $("hotwords-error").hidden = !text;
+  $("hotwords").setAttribute("aria-invalid", text ? "true" : "false");
+}
+
+function checkWeight(weight, where) {
+  const [low, high] = HOTWORD_WEIGHT_RANGE;
+  if (!Number.isInteger(weight) || weight < low || weight > high) {
+    throw new InputError(`${where}: the weight must be a whole number from ${low} to ${high}`);
+  }
+  return weight;
+}
+
+function hotwordsFromLines(text) {
+  // FunASR's own page reads the same lines: a word or phrase, then its weight as the last word.
+  const words = {};
+  text.split(/\r?\n/).forEach((line, index) => {
+    const parts = line.trim().split(/\s+/).filter(Boolean);
+    let weight = HOTWORD_WEIGHT;
+    if (parts.length > 1 && WEIGHT_LIKE.test(parts[parts.length - 1])) {
+      const last = parts.pop();
+      weight = checkWeight(/^\d+$/.test(last) ? Number(last) : NaN, `line ${index + 1}`);
+    }
+    if (parts.length) words[parts.join(" ")] = weight;
+  });
+  return words;
+}
+
+function hotwordsFromJson(text) {
+  let words;
+  try {
+    words = JSON.parse(text);
+  } catch (error) {
+    throw new InputError(`hotwords are not valid JSON: ${error.message}`);
+  }
+  for (const [word, weight] of Object.entries(words)) {
+    if (!word.trim()) throw new InputError("hotwords JSON has an empty word");
+    checkWeight(weight, `"${word}"`);
+  }
+  return words;
+}
+
+/** The hotwords field → FunASR's `hotwords`: a JSON string of {word: weight}, or "" for none. Throws InputError. */
+function parseHotwords(text) {
+  const trimmed = text.trim();
+  if (!trimmed) return "";
+  const words = trimmed.startsWith("{") ? hotwordsFromJson(trimmed) : hotwordsFromLines(trimmed);
+  const count = Object.keys(words).length;
+  if (count === 0) return "";
+  if (count > MAX_HOTWORDS) throw new InputError(`${count} hotwords; the limit is ${MAX_HOTWORDS}`);
+  const json = JSON.stringify(words);
+  const size = new TextEncoder().encode(json).length;
+  if (size > MAX_HOTWORDS_BYTES) throw new InputError(`hotwords are ${size} bytes; the limit is ${MAX_HOTWORDS_BYTES}`);
+  return json;
+}
+
+function readSettings() {
+  return { mode: $("mode").value, hotwords: parseHotwords($("hotwords").value) };
+}
+
+/** While a session runs its settings are fixed: the server reads them from the first message only. */
+function setRunning(running) {
+  for (const id of ["start", "mode", "hotwords"]) $(id).disabled = running;
+}
+
+// ---- The transcript: live partials in #partial, finished sentences in #finals ----
+
+/** Milliseconds from the start of the session's audio → m:ss.s */
+function formatTime(ms) {
+  const tenths = Math.round(Math.max(0, ms) / 100);
+  return `${Math.floor(tenths / 600)}:${((tenths % 600) / 10).toFixed(1).padStart(4, "0")}`;
+}
+
+function addSentence(text, message) {
+  const item = document.createElement("li");
+  if (message && Number.isFinite(message.start_time) && Number.isFinite(message.end_time)) {
+    const times = document.createElement("span");
+    times.className = "times";
+    times.textContent = `[${formatTime(message.start_time)} – ${formatTime(message.end_time)}]`;
+    item.appendChild(times);
+  }
+  const words = document.createElement("span");
+  words.className = "text";
+  words.textContent = text;
+  item.appendChild(words);
+  $("finals").appendChild(item);
+}
+
 function onResult(message) {
-  const partial = $("partial");
-  partial.textContent += message.text;
-  if (message.is_final) {
-    const item = document.createElement("li");
-    item.textContent = partial.textContent;
-    $("finals").appendChild(item);
-    partial.textContent = "";
+  // online and 2pass-online text accumulates on the live line; a 2pass-offline or offline sentence replaces
+  // whatever partials led up to it. At the end, partial text that no sentence replaced is kept as a sentence.
+  const live = $("partial");
+  const text = typeof message.text === "string" ? message.text : "";
+  if (SENTENCE_MODES.has(message.mode)) {
+    if (text) addSentence(text, message);
+    live.textContent = "";
+  } else {
+    live.textContent += text;
+  }
+  if (message.is_final && live.textContent) {
+    addSentence(live.textContent);
+    live.textContent = "";
   }
 }
 
@@ -51,9 +159,11 @@ function onMessage(event) {
   else if (message.type === "error") showError(`${message.code}: ${message.message}`);
   else if (message.mode) {
     onResult(message);
-    if (message.is_final && session && session.stopping) finish();
+    if (message.is_end && session && session.stopping) finish();
   }
 }
+
+// ---- The session: admission, microphone, socket ----
 
 async function admitted() {
   // A browser cannot read the status of a refused WebSocket handshake, so ask first why we would be refused.
@@ -79,15 +189,17 @@ async function openMicrophone() {
   return { stream, context, source, capture };
 }
 
-function openSocket(mic) {
+function openSocket(mic, settings) {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const ws = new WebSocket(withToken(`${scheme}://${location.host}/ws`), ["binary"]);
   ws.binaryType = "arraybuffer";
   ws.onopen = () => {
-    ws.send(JSON.stringify({
-      mode: "online", chunk_size: [5, 10, 5], chunk_interval: 10, wav_name: "browser",
+    const first = {
+      mode: settings.mode, chunk_size: [5, 10, 5], chunk_interval: 10, wav_name: "browser",
       wav_format: "pcm", audio_fs: 16000, is_speaking: true, itn: true,
-    }));
+    };
+    if (settings.hotwords) first.hotwords = settings.hotwords; // FunASR omits the field when there are none
+    ws.send(JSON.stringify(first));
     mic.capture.port.onmessage = (event) => ws.readyState === WebSocket.OPEN && ws.send(event.data);
     mic.source.connect(mic.capture);
     setState("listening");
@@ -102,19 +214,27 @@ function openSocket(mic) {
 
 async function start() {
   showError("");
-  $("start").disabled = true;
+  let settings;
+  try {
+    settings = readSettings();
+  } catch (error) {
+    if (!(error instanceof InputError)) throw error;
+    showHotwordsError(error.message);
+    return;
+  }
+  setRunning(true);
   try {
     if (!(await admitted())) {
-      $("start").disabled = false;
+      setRunning(false);
       return;
     }
     const mic = await openMicrophone();
-    session = { mic, ws: openSocket(mic), stopping: false };
+    session = { mic, ws: openSocket(mic, settings), stopping: false };
     $("stop").disabled = false;
     setState("connecting");
   } catch (error) {
     showError(String(error));
-    $("start").disabled = false;
+    setRunning(false);
   }
 }
 
@@ -143,7 +263,7 @@ function finish() {
   session = null;
   if (!stopping) releaseMicrophone(mic);
   if (ws.readyState === WebSocket.OPEN) ws.close(1000);
-  $("start").disabled = false;
+  setRunning(false);
   $("stop").disabled = true;
   setState("idle");
 }
@@ -160,3 +280,6 @@ async function describeModel() {
 describeModel().catch(() => {});
 $("start").addEventListener("click", start);
 $("stop").addEventListener("click", stop);
+$("hotwords").addEventListener("input", () => showHotwordsError(""));
+// For tests/browser/test_page.py: lets a test feed the display messages the backend cannot produce on demand.
+window.__asrTest = { onMessage };
