@@ -28,8 +28,23 @@ VAD_SIZES = {
 }
 
 
+#: The tiny VAD's ``decibel_thres``. With random weights its scores call every frame speech, so with the published
+#: -100 dB it finds one segment from the first frame to the last. At -40 dB frames quieter than that count as silence
+#: whatever the scores say: the embedded default (``make run``) then endpoints on energy, pauses in speech end
+#: sentences, and 2pass can be tried without real weights. The full size keeps the published value.
+TINY_DECIBEL_THRES = -40.0
+
+
 def build_vad_config(size: VadSize) -> dict:
-    """The config.yaml of fsmn-vad, scaled to ``size``; the post-processing options are the published ones."""
+    """The config.yaml of fsmn-vad, scaled to ``size``; the post-processing options are the published ones (but
+    the tiny size's ``decibel_thres``, see :data:`TINY_DECIBEL_THRES`)."""
+    config = _vad_config(size)
+    if size.name == "tiny":
+        config["model_conf"]["decibel_thres"] = TINY_DECIBEL_THRES
+    return config
+
+
+def _vad_config(size: VadSize) -> dict:
     return {
         "model": "FsmnVADStreaming",
         "model_conf": {
