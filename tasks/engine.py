@@ -25,7 +25,7 @@ VAD (its events ride on the chunk's result, for the gateway to cut sentences) an
 *Sentences* (:class:`~tasks.wire.SentenceJob`, the 2pass second pass) are stateless and go through the offline
 pipeline (offline model, then punctuation) in batches of their own, with a lower priority: a round takes sentences
 only when no chunk is ready, or when the oldest sentence has waited ``sentence_max_defer`` (so a busy worker still
-corrects sentences); a sentence round holds at most ``sentence_max_batch`` sentences and
+corrects sentences: then one sentence only); a sentence round holds at most ``sentence_max_batch`` sentences and
 ``sentence_max_audio`` seconds of audio, which bounds how long a chunk that becomes ready meanwhile waits.
 
 Failure. Whatever goes wrong with one batch outside the recognizer's own contract (a bug, a broken promise of the
@@ -459,9 +459,12 @@ class Engine:
         return self._take_batch()
 
     def _take_sentences(self) -> _SentenceRound:
+        """The next sentence round: up to the batch bounds when no chunk is ready; one sentence when chunks wait
+        (the round was forced by ``sentence_max_defer``), so a live chunk waits at most one sentence."""
         items: list[_Sentence] = []
         audio = 0.0
-        while self._sentence_queue and len(items) < self.sentence_max_batch:
+        limit = self.sentence_max_batch if not self._ready else 1
+        while self._sentence_queue and len(items) < limit:
             seconds = len(self._sentence_queue[0].job.audio) / 32000
             if items and audio + seconds > self.sentence_max_audio:
                 break

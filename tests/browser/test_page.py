@@ -248,3 +248,69 @@ def test_offline_lists_each_sentence_with_its_times(browser, stack):
     feed(page, {"mode": "offline", "text": "", "is_final": True, "is_end": True})
     assert transcript(page) == [("[0:00.0 – 0:02.3]", "一句话。")]
     assert page.text_content("#partial") == ""
+
+
+@pytest.fixture(scope="module")
+def twopass_stack(make_module_stack, tmp_path_factory):
+    """A stack whose worker serves 2pass with tiny models of all four kinds (the tiny VAD endpoints on energy)."""
+    from tasks import modelgen
+
+    root = tmp_path_factory.mktemp("page-models")
+    kinds = {"vad_model": "vad", "offline_model": "offline", "punc_model": "punc"}
+    settings = {key: str(modelgen.generate(root / kind, "tiny", seed=0, kind=kind)) for key, kind in kinds.items()}
+    stack = make_module_stack("page2pass", **settings)
+    stack.start_worker("w1")
+    stack.start_gateway()
+    return stack
+
+
+@pytest.fixture
+def two_sentence_browser(tmp_path):
+    """Chromium whose fake microphone speaks two sentences with a pause between them."""
+    import wave
+
+    from playwright.sync_api import sync_playwright
+
+    from tests.speech import speech_pcm
+
+    pcm = speech_pcm(("the first sentence of the page test", "and here is the second one"), pause=2.5, lead=1.0)
+    path = tmp_path / "two.wav"
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(16000)
+        wav.writeframes(pcm)
+    args = [
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={path}%noloop",
+        "--autoplay-policy=no-user-gesture-required",
+        "--disable-gpu",
+        "--no-first-run",
+    ]
+    with sync_playwright() as p:
+        instance = p.chromium.launch(executable_path=CHROMIUM, args=args)
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+def test_speaking_in_2pass_shows_partials_then_corrected_sentences_with_times(two_sentence_browser, twopass_stack):
+    page = two_sentence_browser.new_page()
+    page.goto(twopass_stack.http + "/")
+    assert page.input_value("#mode") == "2pass"
+    page.click("#start")
+
+    page.wait_for_function("document.querySelector('#partial').textContent.length > 0", timeout=20000)
+    page.wait_for_selector("#finals li .times", timeout=30000)  # the first sentence, corrected, before the end
+    assert page.text_content("#state") != "idle", "a sentence is corrected while the session is still live"
+    page.wait_for_timeout(6000)  # the second sentence and the trailing silence
+    page.click("#stop")
+    page.wait_for_function("document.querySelector('#state').textContent === 'idle'", timeout=30000)
+
+    timed = [(times, text) for times, text in transcript(page) if times]
+    assert len(timed) >= 2, transcript(page)
+    assert all(text.strip() for _, text in timed)
+    assert timed[0][0].startswith("[0:0"), timed  # the first sentence starts within the first seconds
+    assert not page.is_visible("#error")

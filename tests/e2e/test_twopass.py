@@ -88,10 +88,13 @@ def reference_sentences(models: dict[str, str], pcm: bytes, hotwords: str = "") 
     return out
 
 
-async def funasr_client(http: str, mode: str, pcm: bytes, *, hotwords: str = "", realtime: float = 0.0) -> list[dict]:
-    """FunASR's Python client's message flow; returns every message up to the end acknowledgement."""
+async def funasr_client(
+    http: str, mode: str, pcm: bytes, *, hotwords: str = "", realtime: float = 0.0, into: list | None = None
+) -> list[dict]:
+    """FunASR's Python client's message flow; returns every message up to the end acknowledgement (collected into
+    ``into`` as they come, when given). ``realtime`` paces the frames (1.0: real time; 0: at once)."""
     url = http.replace("http://", "ws://") + "/"
-    messages: list[dict] = []
+    messages: list[dict] = [] if into is None else into
     async with websockets.connect(url, subprotocols=["binary"], max_size=None) as ws:
         assert ws.subprotocol == "binary"
         config = {
@@ -108,16 +111,21 @@ async def funasr_client(http: str, mode: str, pcm: bytes, *, hotwords: str = "",
             "itn": True,
         }
         await ws.send(json.dumps(config))
+
+        async def receive() -> list[dict]:
+            while True:
+                message = json.loads(await asyncio.wait_for(ws.recv(), timeout=60))
+                messages.append(message)
+                if message.get("is_end"):
+                    return messages
+
+        receiver = asyncio.create_task(receive())
         stride = 1920  # 60 ms
         for i in range(0, len(pcm), stride):
             await ws.send(pcm[i : i + stride])
             await asyncio.sleep(realtime * 0.06 if mode != "offline" else 0.001)
         await ws.send(json.dumps({"is_speaking": False, "is_end": True}))
-        while True:
-            message = json.loads(await asyncio.wait_for(ws.recv(), timeout=60))
-            messages.append(message)
-            if message.get("is_end"):
-                return messages
+        return await receiver
 
 
 def run(coro):
@@ -235,3 +243,44 @@ def test_a_worker_without_the_2pass_models_refuses_those_modes_at_configuration(
     refused = run(configure("2pass"))
     assert refused["code"] == "unsupported_mode" and refused["close"] == 1003
     assert "VAD" in refused["message"] and "online" in refused["message"]
+
+
+def test_a_worker_killed_mid_session_loses_no_sentence(make_stack, models):
+    """SIGKILL the session's worker after its first corrected sentence: the session moves (its audio replayed,
+    the VAD rebuilt, the sentence in flight sent again) and every sentence still arrives, with FunASR's text."""
+    from tests.stack import wait_until
+
+    s = make_stack(
+        "kill2pass",
+        vad_model=models["vad"],
+        offline_model=models["offline"],
+        punc_model=models["punc"],
+        heartbeat_interval=0.5,
+        heartbeat_ttl=2,
+    )
+    for name in ("w1", "w2"):
+        s.start_worker(name)
+    s.start_gateway()
+    procs = {s.worker_id(p.name): p for p in s.procs if p.name.startswith("w")}
+    pcm = speech_pcm()
+    expected = reference_sentences(models, pcm)
+    messages: list[dict] = []
+
+    async def scenario():
+        session = asyncio.create_task(funasr_client(s.http, "2pass", pcm, realtime=0.5, into=messages))
+        await asyncio.to_thread(
+            wait_until, lambda: sentences_of(messages, "2pass-offline"), 30, 0.05, "the first corrected sentence"
+        )
+        busiest = max(s.api_queue()["workers"], key=lambda w: w["streams"])
+        procs[busiest["id"]].kill()
+        await session
+        return busiest
+
+    victim = run(scenario())
+
+    assert victim["streams"] == 1
+    assert not [m for m in messages if m.get("type") == "error"], messages
+    offline = sentences_of(messages, "2pass-offline")
+    assert [m["text"] for m in offline] == [e["text"] for e in expected if e["text"]]
+    assert [(m["start_time"], m["end_time"]) for m in offline] == [(e["start"], e["end"]) for e in expected]
+    assert messages[-1]["is_end"] is True
