@@ -77,7 +77,8 @@ class Settings:
     offline_device: str = _setting("", "torch device for the offline model; empty: ASR_DEVICE")
     punc_model: str = _setting(
         "",
-        "Punctuation of the offline pass (e.g. ct-punc-c, the realtime CT-Transformer FunASR's servers use). "
+        "Punctuation of the offline pass: the realtime CT-Transformer FunASR's servers use "
+        "(iic/punc_ct-transformer_zh-cn-common-vad_realtime-vocab272727, or a folder). "
         "Empty: as for ASR_VAD_MODEL; 'none': sentences without punctuation",
     )
     punc_device: str = _setting("", "torch device for the punctuation model; empty: ASR_DEVICE")
