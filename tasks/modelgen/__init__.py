@@ -1,4 +1,4 @@
-"""Generate FunASR-format model folders with random weights: the four architectures FunASR's 2pass server uses.
+"""Generate FunASR-format model folders with random weights: the architectures FunASR's 2pass servers use.
 
 No model hub is reachable where this project is built and tested, so tests and benchmarks run FunASR's real
 loading and inference path (``funasr.AutoModel(model=<dir>)``) on folders made here: FunASR's own classes, built
@@ -22,6 +22,9 @@ Kinds (``--kind``):
                    full: the same encoder/decoder as streaming plus a 6-block SeACo decoder (ffn 1024, kernel 21),
                    a 2-layer hotword LSTM and the ``cnn_blstm`` upsampler → 247,339,018 parameters (model.pt
                    ≈ 990 MB). tiny: 2 encoder / 2 decoder / 2 SeACo blocks, d=64, vocab 256 → 520,546.
+    ``contextual`` the contextual Paraformer FunASR's Python server defaults to for its second pass
+                   (``ContextualParaformer`` + ``ContextualParaformerDecoder`` + an LSTM hotword encoder +
+                   ``CifPredictorV2``): hotwords, no timestamps; the offline kind's encoder and decoder shapes.
     ``punc``       ``punc_ct-transformer_zh-cn-common-vad_realtime-vocab272727``: ``CTTransformerStreaming`` +
                    ``SANMVadEncoder`` + ``CharTokenizer`` (``tokens.json``, no frontend, no am.mvn; punctuation
                    classes ``<unk> _ ， 。 ？ 、``). full: 4 blocks, d=256, 8 heads, ffn 1024, vocab 272,727
@@ -57,7 +60,14 @@ from tasks.modelgen.folder import (
     generate,
     instantiate,
 )
-from tasks.modelgen.paraformer import FEATURE_DIM, SIZES, Size, build_config, build_offline_config
+from tasks.modelgen.paraformer import (
+    FEATURE_DIM,
+    SIZES,
+    Size,
+    build_config,
+    build_contextual_config,
+    build_offline_config,
+)
 from tasks.modelgen.punc import PUNC_LIST, PUNC_SIZES, build_punc_config
 from tasks.modelgen.vad import VAD_SIZES, build_vad_config
 
@@ -73,6 +83,7 @@ __all__ = [
     "build",
     "build_cmvn",
     "build_config",
+    "build_contextual_config",
     "build_offline_config",
     "build_punc_config",
     "build_tokens",

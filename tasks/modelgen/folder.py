@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from tasks.modelgen.paraformer import FEATURE_DIM, SIZES, build_config, build_offline_config
+from tasks.modelgen.paraformer import FEATURE_DIM, SIZES, build_config, build_contextual_config, build_offline_config
 from tasks.modelgen.punc import PUNC_SIZES, build_punc_config
 from tasks.modelgen.vad import VAD_FEATURE_DIM, VAD_SIZES, build_vad_config
 
@@ -35,6 +35,7 @@ class Kind:
 KINDS = {
     "streaming": Kind("streaming", SIZES, build_config, FEATURE_DIM),
     "offline": Kind("offline", SIZES, build_offline_config, FEATURE_DIM),
+    "contextual": Kind("contextual", SIZES, build_contextual_config, FEATURE_DIM),
     "punc": Kind("punc", PUNC_SIZES, build_punc_config, None),
     "vad": Kind("vad", VAD_SIZES, build_vad_config, VAD_FEATURE_DIM),
 }

@@ -196,3 +196,21 @@ def build_offline_config(size: Size) -> dict:
         "tokenizer": "CharTokenizer",
         "tokenizer_conf": {"unk_symbol": "<unk>", "split_with_space": True},
     }
+
+
+def build_contextual_config(size: Size) -> dict:
+    """The contextual Paraformer FunASR's Python server defaults to for its second pass
+    (``speech_paraformer-large-contextual``): the offline encoder and decoder with an LSTM hotword encoder and a
+    ``ContextualParaformerDecoder`` attending over it; ``CifPredictorV2``, so no timestamps."""
+    config = build_offline_config(size)
+    model_conf = {k: v for k, v in config["model_conf"].items() if not k.startswith(("seaco", "NO_BIAS"))}
+    model_conf.pop("bias_encoder_bid", None)
+    model_conf.update(inner_dim=size.d_model, bias_encoder_type="lstm", use_decoder_embedding=False)
+    config.update(
+        model="ContextualParaformer",
+        model_conf=model_conf,
+        decoder="ContextualParaformerDecoder",
+        predictor="CifPredictorV2",
+        predictor_conf={"idim": size.d_model, "threshold": 1.0, "l_order": 1, "r_order": 1, "tail_threshold": 0.45},
+    )
+    return config

@@ -1,4 +1,4 @@
-"""The offline (SeACo), punctuation and VAD folders load through FunASR's AutoModel and run, every tensor as saved."""
+"""The offline (SeACo, contextual), punctuation and VAD folders load through FunASR's AutoModel and run, every tensor as saved."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ import torch
 
 from tasks import modelgen
 
-CLASSES = {"offline": "SeacoParaformer", "punc": "CTTransformerStreaming", "vad": "FsmnVADStreaming"}
+CLASSES = {
+    "offline": "SeacoParaformer",
+    "contextual": "ContextualParaformer",
+    "punc": "CTTransformerStreaming",
+    "vad": "FsmnVADStreaming",
+}
 
 
 def load(path):

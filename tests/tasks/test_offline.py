@@ -248,3 +248,19 @@ def test_a_bad_item_fails_alone(pipeline, asr, punc):
 def test_hotword_words(hotwords, words):
     assert hotword_words(hotwords) == words
     assert funasr_hotword(words) == (f" {' '.join(words)} " if words else None)
+
+
+def test_the_contextual_paraformer_funasrs_server_defaults_to_loads_too(tmp_path):
+    """FunASR's Python server defaults to the contextual Paraformer; it stays loadable (hotwords, no timestamps)."""
+    folder = modelgen.generate(tmp_path / "contextual", "tiny", seed=0, kind="contextual")
+    contextual = SentencePipeline(str(folder))
+    audio = np.frombuffer(noise(3.0, seed=3), dtype="<i2").astype(np.float32) / 32768
+    hotwords = json.dumps({"一丁七": 20})
+    try:
+        plain, biased = contextual.process([SentenceWork(audio), SentenceWork(audio, hotwords=hotwords)])
+    finally:
+        contextual.close()
+    reference = load(folder)
+    assert plain.text == reference.generate(input=audio)[0]["text"] and plain.text
+    assert biased.text == reference.generate(input=audio, hotword="一丁七")[0]["text"]
+    assert plain.timestamp == [] and plain.stamp_sents == []
