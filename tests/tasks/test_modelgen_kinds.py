@@ -1,4 +1,4 @@
-"""The offline (SeACo, contextual), punctuation and VAD folders load through FunASR's AutoModel and run, every tensor as saved."""
+"""The offline (SeACo, contextual), punctuation and VAD folders load through AutoModel and run, tensors as saved."""
 
 from __future__ import annotations
 
