@@ -18,30 +18,26 @@ class Resampler:
     """16-bit mono PCM at ``rate`` Hz in, 16-bit mono PCM at 16 kHz out, frame by frame."""
 
     def __init__(self, rate: int) -> None:
+        import numpy  # noqa: PLC0415 - lazily: only sessions at another rate pay for numpy and soxr
+        import soxr  # noqa: PLC0415
+
         self.rate = rate
+        self._np: Any = numpy
+        self._soxr: Any = soxr
         self._stream: Any = None
-
-    def _resampler(self) -> Any:
-        if self._stream is None:
-            import soxr  # noqa: PLC0415 - lazily: only sessions at another rate pay for numpy and soxr
-
-            self._stream = soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="int16", quality="HQ")
-        return self._stream
 
     def feed(self, pcm: bytes) -> bytes:
         """Resample one frame (whole 16-bit samples); may return fewer bytes than a full conversion while the
         filter fills, never more than the input's worth plus what was held back."""
-        import numpy as np  # noqa: PLC0415 - see the module docstring
-
-        samples = np.frombuffer(pcm, dtype="<i2")
-        return self._resampler().resample_chunk(samples, last=False).astype("<i2").tobytes()
+        if self._stream is None:
+            self._stream = self._soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="int16", quality="HQ")
+        samples = self._np.frombuffer(pcm, dtype="<i2")
+        return self._stream.resample_chunk(samples, last=False).astype("<i2").tobytes()
 
     def flush(self) -> bytes:
         """End of the utterance: what the filter still holds. The next frame starts a fresh resampler."""
         if self._stream is None:
             return b""
-        import numpy as np  # noqa: PLC0415 - see the module docstring
-
-        tail = self._stream.resample_chunk(np.zeros(0, dtype="<i2"), last=True).astype("<i2").tobytes()
+        tail = self._stream.resample_chunk(self._np.zeros(0, dtype="<i2"), last=True).astype("<i2").tobytes()
         self._stream = None
         return tail

