@@ -10,7 +10,11 @@ Faithfulness: every item's output equals FunASR called on that item alone, bit f
 ``generate(input=[…], batch_size=N)`` does not keep that (zero padding moves the CIF alphas of shorter items and
 MKL rounds differently for other row counts: texts and timestamps of some items change; see
 ``bench/offline_throughput.py``), and the realtime punctuation model takes one text per call (its ``inference``
-asserts ``len(data_in) == 1``). So :meth:`SentencePipeline.process` runs the items one at a time.
+asserts ``len(data_in) == 1``). So :meth:`SentencePipeline.process` batches where it can stay exact: the encoder,
+most of a sentence's compute, runs once over all items packed (:mod:`tasks.batched.offline_encoder`, each item's
+output bit-identical to its own ``encode``); then each item runs through FunASR's own ``generate`` — features,
+hotword list, predictor, decoders, timestamps — with the model's ``encode`` answering from the packed result for
+exactly that item's features (any other input goes to the real ``encode``). Punctuation runs per item.
 
 Hotwords from clients never reach FunASR's file and URL branches: see :func:`hotword_words` and
 :func:`funasr_hotword`.
@@ -21,12 +25,16 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
+from tasks.batched.offline_encoder import PackedOfflineEncoder, packable
+from tasks.batched.rowexact import RowPlanner
 from tasks.errors import EngineError, RecognitionFailed
 from tasks.recognizer import load_automodel
 
@@ -155,7 +163,9 @@ class SentencePipeline:
 
     Loads both models once, at construction (:class:`~tasks.errors.ModelLoadError` if either fails). The models
     are FunASR folders or hub names, loaded the way :func:`tasks.recognizer.load_automodel` loads them. Without a
-    punctuation model, ``text`` is the raw text and ``punc_cache`` comes back as it went in.
+    punctuation model, ``text`` is the raw text and ``punc_cache`` comes back as it went in. ``pack=False`` turns
+    the packed encoder off (each item through its own ``encode``; for benchmarks and tests); it is also off for
+    encoders :func:`~tasks.batched.offline_encoder.packable` does not know and for dithered frontends.
     """
 
     name = "funasr-offline"
@@ -170,6 +180,7 @@ class SentencePipeline:
         revision: str = "",
         punc_revision: str = "",
         punc_device: str | None = None,
+        pack: bool = True,
     ) -> None:
         self.asr: Any = load_automodel(asr_model, device=device, ncpu=ncpu, revision=revision)
         self.punc: Any = None
@@ -177,6 +188,15 @@ class SentencePipeline:
         if punc_model:
             self.punc = load_automodel(punc_model, device=punc_device, ncpu=ncpu, revision=punc_revision)
         self.description = f"{asr_model} on {device} + {punc_model or 'no punctuation'} on {punc_device}"
+        self.ncpu = ncpu
+        self.packed: PackedOfflineEncoder | None = None
+        frontend = self.asr.kwargs.get("frontend")
+        deterministic = getattr(frontend, "dither", 0.0) == 0.0  # dithered features differ on every call
+        if pack and deterministic and packable(getattr(self.asr.model, "encoder", None)):
+            planner = RowPlanner() if torch.device(device).type == "cpu" else None  # exact on CPU (see rowexact)
+            self.packed = PackedOfflineEncoder(self.asr.model.encoder, planner)
+        #: Items whose encoder output came from a packed batch (monotonic; for tests, metrics and benchmarks).
+        self.packed_items = 0
 
     @property
     def has_punc(self) -> bool:
@@ -186,15 +206,16 @@ class SentencePipeline:
         """One output per item, in order; an item that fails gives a :class:`RecognitionFailed` in its place.
 
         Never raises for an item's sake and never modifies the items, so a failed item's session keeps its
-        punctuation cache. Items run one at a time (see the module docstring). Raises :class:`EngineError`, having
-        done nothing, once the pipeline is closed.
+        punctuation cache. The encoder runs once over all items, the rest per item (see the module docstring).
+        Raises :class:`EngineError`, having done nothing, once the pipeline is closed.
         """
         if self.asr is None:
             raise EngineError("the offline pipeline is closed")
+        encoded = self._encode_together(work)
         out: list[SentenceOutput | RecognitionFailed] = []
-        for item in work:
+        for item, precomputed in zip(work, encoded):
             try:
-                out.append(self.recognize_one(item))
+                out.append(self._recognize(item, precomputed))
             except Exception as exc:  # noqa: BLE001 - isolate one sentence's failure from the others
                 logger.exception("offline pass failed on a %d-sample sentence", len(item.audio))
                 failure = RecognitionFailed(f"offline recognition failed: {type(exc).__name__}: {exc}")
@@ -203,16 +224,21 @@ class SentencePipeline:
         return out
 
     def recognize_one(self, item: SentenceWork) -> SentenceOutput:
-        """One sentence: FunASR's offline model, then its punctuation model on the session's cache copy."""
-        audio = np.asarray(item.audio)
-        if audio.dtype != np.float32 or audio.ndim != 1:
-            raise ValueError(f"audio must be 1-D float32, got {audio.dtype} with shape {audio.shape}")
+        """One sentence on its own: FunASR's offline model, then its punctuation model on the session's cache copy."""
+        return self._recognize(item, None)
+
+    def _recognize(self, item: SentenceWork, precomputed: _Encoded | None) -> SentenceOutput:
+        audio = _checked(item.audio)
         cache = json.loads(json.dumps(item.punc_cache))  # a private copy, and proof it is JSON-able
         kwargs: dict[str, Any] = {}
         hotword = funasr_hotword(hotword_words(item.hotwords))
         if hotword is not None:
             kwargs["hotword"] = hotword
-        results = self.asr.generate(input=audio, **kwargs)
+        if precomputed is None:
+            results = self.asr.generate(input=audio, **kwargs)
+        else:
+            with self._encode_from(precomputed):
+                results = self.asr.generate(input=audio, **kwargs)
         if not results or not results[0].get("text"):  # SeACo returns no result when CIF fires no token
             return SentenceOutput("", "", [], [], cache)
         raw = results[0]["text"]
@@ -223,7 +249,85 @@ class SentencePipeline:
             cache = json.loads(json.dumps(cache))
         return SentenceOutput(text, raw, timestamp, stamp_sentences(text, timestamp), cache)
 
+    def _encode_together(self, work: Sequence[SentenceWork]) -> list[_Encoded | None]:
+        """Per item its features and packed encoder output, or None where FunASR's own ``encode`` will run.
+
+        Packs two or more items; an item whose features cannot be computed is left to :meth:`_recognize` to report,
+        and if the packed pass itself fails every item falls back to its own ``encode``.
+        """
+        encoded: list[_Encoded | None] = [None] * len(work)
+        if self.packed is None or len(work) < 2:
+            return encoded
+        feats: dict[int, torch.Tensor] = {}
+        for i, item in enumerate(work):
+            try:
+                feats[i] = self._features(_checked(item.audio))
+            except Exception:  # noqa: BLE001 - _recognize reports this item's error
+                continue
+        if len(feats) < 2:
+            return encoded
+        try:
+            if torch.get_num_threads() != self.ncpu:  # the thread count FunASR's generate runs its encode with
+                torch.set_num_threads(self.ncpu)
+            with torch.no_grad():
+                outputs = self.packed([f[0] for f in feats.values()])
+        except Exception:  # noqa: BLE001 - the items still run, each through its own encode
+            logger.exception("packed offline encoder failed on %d sentences; encoding them one at a time", len(feats))
+            return encoded
+        for (i, f), output in zip(feats.items(), outputs):
+            encoded[i] = _Encoded(f, output)
+        return encoded
+
+    def _features(self, audio: np.ndarray) -> torch.Tensor:
+        """(1, T, D) features of one sentence, computed as the offline model's ``inference`` computes them."""
+        from funasr.utils.load_utils import extract_fbank, load_audio_text_image_video
+
+        kwargs = self.asr.kwargs
+        frontend = kwargs["frontend"]
+        samples = load_audio_text_image_video([audio], fs=frontend.fs, audio_fs=kwargs.get("fs", 16000))
+        speech, _ = extract_fbank(samples, data_type=kwargs.get("data_type", "sound"), frontend=frontend)
+        return speech.to(device=kwargs["device"])
+
+    @contextmanager
+    def _encode_from(self, precomputed: _Encoded) -> Iterator[None]:
+        """While inside, the model's ``encode`` returns ``precomputed``'s output for exactly its features.
+
+        Any other input (FunASR computed different features, or calls ``encode`` for something else) goes to the
+        real ``encode``: the override can make a sentence slower, never different.
+        """
+        model = self.asr.model
+        real = model.encode
+
+        def encode(speech: torch.Tensor, speech_lengths: torch.Tensor, **kwargs: Any) -> Any:
+            if speech.shape == precomputed.feats.shape and torch.equal(speech, precomputed.feats):
+                self.packed_items += 1
+                lengths = torch.tensor([precomputed.output.shape[0]], device=speech.device)  # int64, as FunASR's
+                return precomputed.output[None], lengths
+            return real(speech, speech_lengths, **kwargs)
+
+        model.encode = encode  # an instance attribute shadows the method; nothing else uses the model meanwhile
+        try:
+            yield
+        finally:
+            del model.encode
+
     def close(self) -> None:
         """Drop the models. The pipeline is unusable afterwards."""
         self.asr = None
         self.punc = None
+        self.packed = None
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    """One item's features (1, T, D), as its ``generate`` will compute them, and its encoder output (T', d)."""
+
+    feats: torch.Tensor
+    output: torch.Tensor
+
+
+def _checked(audio: np.ndarray) -> np.ndarray:
+    audio = np.asarray(audio)
+    if audio.dtype != np.float32 or audio.ndim != 1:
+        raise ValueError(f"audio must be 1-D float32, got {audio.dtype} with shape {audio.shape}")
+    return audio

@@ -104,8 +104,11 @@ def test_a_batch_of_sessions_equals_each_sentence_alone_and_funasr(pipeline, asr
         SentenceWork(AUDIO["noise-2.3s"], "七万,一丁", {}),
         SentenceWork(AUDIO["noise-0.5s"], "", {}),
     ]
+    packed_before = pipeline.packed_items
     together = pipeline.process(items)
+    assert pipeline.packed_items - packed_before == len(items)  # every encoder output came from the packed pass
     alone = [pipeline.process([item])[0] for item in items]
+    assert pipeline.packed_items - packed_before == len(items)  # a batch of one runs FunASR's own encode
     assert together == alone
     for item, out in zip(items, together):
         cache = json.loads(json.dumps(item.punc_cache))
@@ -233,6 +236,22 @@ def test_a_bad_item_fails_alone(pipeline, asr, punc):
     assert triple(out[1]) == reference(asr, punc, good.audio)
 
 
+def test_a_failing_packed_pass_falls_back_to_each_items_own_encode(pipeline, asr, punc, monkeypatch):
+    items = [SentenceWork(AUDIO["tones-3s"]), SentenceWork(AUDIO["noise-2.3s"], HOTWORDS)]
+
+    def broken(feats):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(pipeline, "packed", broken)
+    before = pipeline.packed_items
+    out = pipeline.process(items)
+    assert pipeline.packed_items == before
+    assert [triple(o) for o in out] == [
+        reference(asr, punc, items[0].audio),
+        reference(asr, punc, items[1].audio, WORDS),
+    ]
+
+
 @pytest.mark.parametrize(
     ("hotwords", "words"),
     [
@@ -258,6 +277,7 @@ def test_the_contextual_paraformer_funasrs_server_defaults_to_loads_too(tmp_path
     hotwords = json.dumps({"一丁七": 20})
     try:
         plain, biased = contextual.process([SentenceWork(audio), SentenceWork(audio, hotwords=hotwords)])
+        assert contextual.packed_items == 2  # its encoder is packed like SeACo's
     finally:
         contextual.close()
     reference = load(folder)
