@@ -30,7 +30,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from tasks.options import BYTES_PER_SAMPLE, SAMPLE_RATE
-from tasks.wire import MAX_PUNC_WORDS, MAX_SENTENCE_SECONDS, SentenceJob, SentenceResult
+from tasks.segments import Segmenter
+from tasks.wire import SentenceJob, SentenceResult, carry_punc
 
 BYTES_PER_MS = SAMPLE_RATE * BYTES_PER_SAMPLE // 1000  # 32
 #: Audio kept before the VAD's position while no speech is open: fsmn-vad confirms a start a few hundred ms after
@@ -41,8 +42,7 @@ KEEP_BEFORE_MS = 5000
 @dataclass
 class _Utterance:
     start: int  # absolute byte offset of the utterance's first sample in the session's audio
-    open_ms: int | None = None  # start of the segment being spoken, ms in the utterance
-    ended: bool = False  # its final chunk was answered: no more events
+    segmenter: Segmenter = field(default_factory=Segmenter)  # its sentence boundaries so far
 
 
 @dataclass
@@ -109,24 +109,13 @@ class SentenceTracker:
 
     def on_chunk(self, events: list[list[int]], chunk_end: int, final: bool) -> SentenceUpdate:
         """A chunk's result, in order: its VAD events; ``chunk_end`` is the absolute byte offset after the chunk,
-        ``final`` that it ended its utterance."""
+        ``final`` that it ended its utterance. Sentence boundaries follow :class:`tasks.segments.Segmenter`."""
         utterance = self._utterances[0]
         update = SentenceUpdate()
-        for beg, end in events:
-            if beg >= 0:
-                utterance.open_ms = beg
-            if end >= 0:
-                start = utterance.open_ms if utterance.open_ms is not None else max(beg, 0)
-                self._cut(utterance, start, end)
-                utterance.open_ms = None
         position = (chunk_end - utterance.start) // BYTES_PER_MS
-        cap = MAX_SENTENCE_SECONDS * 1000
-        while utterance.open_ms is not None and position - utterance.open_ms > cap:  # the VAD never ended it
-            self._cut(utterance, utterance.open_ms, utterance.open_ms + cap)
-            utterance.open_ms += cap
+        for start, end in utterance.segmenter.on_chunk(events, position, final):
+            self._cut(utterance, start, end)
         if final:
-            if utterance.open_ms is not None:  # the flush did not close it: the utterance's end does
-                self._cut(utterance, utterance.open_ms, position)
             self._utterances.popleft()
             if not self._utterances:
                 self._utterances.append(_Utterance(chunk_end))
@@ -137,8 +126,6 @@ class SentenceTracker:
         return update
 
     def _cut(self, utterance: _Utterance, start_ms: int, end_ms: int) -> None:
-        if end_ms <= start_ms:
-            return
         lo = utterance.start + start_ms * BYTES_PER_MS - self._base
         hi = utterance.start + end_ms * BYTES_PER_MS - self._base
         audio = bytes(self._audio[max(lo, 0) : max(hi, 0)])
@@ -160,8 +147,8 @@ class SentenceTracker:
         """Let go of audio no sentence can need any more."""
         if final:
             keep_from = self._utterances[0].start  # the next utterance's start
-        elif utterance.open_ms is not None:
-            keep_from = utterance.start + utterance.open_ms * BYTES_PER_MS
+        elif utterance.segmenter.open_ms is not None:
+            keep_from = utterance.start + utterance.segmenter.open_ms * BYTES_PER_MS
         else:
             keep_from = utterance.start + max(position_ms - KEEP_BEFORE_MS, 0) * BYTES_PER_MS
         drop = min(keep_from - self._base, len(self._audio))
@@ -207,8 +194,7 @@ class SentenceTracker:
                 }
             )
         else:
-            words = result.punc.get("pre_text", []) if isinstance(result.punc, dict) else []
-            self._punc = {"pre_text": list(words[-MAX_PUNC_WORDS:])} if words or result.punc else {}
+            self._punc = carry_punc(result.punc)
             if result.text:
                 update.messages.append(self._message(job, result))
         self._advance(update)

@@ -31,6 +31,12 @@ only when no chunk is ready, or when the oldest sentence has waited ``sentence_m
 corrects sentences: then one sentence only); a sentence round holds at most ``sentence_max_batch`` sentences and
 ``sentence_max_audio`` seconds of audio, which bounds how long a chunk that becomes ready meanwhile waits.
 
+Background work. File jobs (:mod:`tasks.filework`) come last: their sentences (``SentenceJob.background``) and
+their calls (:meth:`Engine.submit_background`: VAD over a file's audio, its punctuation pass) run only in a
+round where no chunk is ready and no live sentence waits, and are never forced. A background sentence round takes
+at most ``background_max_batch`` sentences (after any live ones), so a chunk that becomes ready meanwhile waits at
+most that round; background calls alternate with such rounds and are sized by their callers to run briefly.
+
 Failure. Whatever goes wrong with one batch outside the recognizer's own contract (a bug, a broken promise of the
 recognizer) fails that batch's chunks with ``engine_error`` and the batcher goes on. If the batcher thread dies
 anyway, or stops coming back to its loop for ``stall_timeout``, :meth:`Engine.health` says so, every waiting task
@@ -134,6 +140,7 @@ class Engine:
         sentence_max_batch: int = 8,
         sentence_max_audio: float = 30.0,
         sentence_max_defer: float = 1.0,
+        background_max_batch: int = 4,
     ) -> None:
         self.recognizer = recognizer
         self.vad = vad
@@ -146,6 +153,10 @@ class Engine:
         self.sentence_max_defer = sentence_max_defer
         self._sentence_queue: deque[_Sentence] = deque()
         self._sentence_batch: list[_Sentence] = []
+        self.background_max_batch = max(1, background_max_batch)
+        self._background: deque[_Sentence] = deque()  # file jobs' sentences
+        self._calls: deque[_Call] = deque()  # file jobs' other work
+        self._call_next = False  # alternate background calls with background sentence rounds
         self.publish = publish
         self.worker_id = worker_id
         self.max_batch = max(1, max_batch)
@@ -212,7 +223,21 @@ class Engine:
             if self._stopping or self.death is not None:
                 pending.resolve(None)
                 return pending
-            self._sentence_queue.append(_Sentence(job, pending, self.clock()))
+            queue = self._background if job.background else self._sentence_queue
+            queue.append(_Sentence(job, pending, self.clock()))
+            self._cond.notify()
+        return pending
+
+    def submit_background(self, call: Callable[[], object]) -> Pending:
+        """Run ``call()`` in the batcher thread when it has nothing live to do (see Background work in the module
+        docstring). The Pending's result is ``call``'s return value or the exception it raised; None if the engine
+        stopped first."""
+        pending = Pending()
+        with self._cond:
+            if self._stopping or self.death is not None:
+                pending.resolve(None)
+                return pending
+            self._calls.append(_Call(call, pending))
             self._cond.notify()
         return pending
 
@@ -242,10 +267,15 @@ class Engine:
         with self._cond:
             streams = self._table.clear()
             batch = list(self._batch)
-            sentences = list(self._sentence_queue) + list(self._sentence_batch)
+            sentences = list(self._sentence_queue) + list(self._sentence_batch) + list(self._background)
+            calls = list(self._calls)
             self._sentence_queue.clear()
+            self._background.clear()
+            self._calls.clear()
         for sentence in sentences:
             sentence.pending.resolve(None)
+        for call in calls:
+            call.pending.resolve(None)
         for stream in streams:
             for waiting in stream.waiting.values():
                 waiting.pending.resolve(None)
@@ -267,7 +297,12 @@ class Engine:
                 batch = self._collect()
                 if batch is None:
                     return
-            if isinstance(batch, _SentenceRound):
+            if isinstance(batch, _Call):
+                try:
+                    batch.pending.resolve(batch.call())
+                except Exception as exc:  # noqa: BLE001 - the caller's code: its error is its result
+                    batch.pending.resolve(exc)
+            elif isinstance(batch, _SentenceRound):
                 self._sentence_batch = batch.items
                 try:
                     self._process_sentences(batch.items)
@@ -324,18 +359,29 @@ class Engine:
         for waiting, result in zip(failed, results):
             waiting.pending.resolve(result)
 
-    def _collect(self) -> list[tuple[Stream, Waiting]] | _SentenceRound | None:
-        """Wait for ready chunks (or sentences) per the batching policy; None when stopping. Caller holds the lock."""
+    def _collect(self) -> list[tuple[Stream, Waiting]] | _SentenceRound | _Call | None:
+        """Wait for ready chunks (or sentences, or background work) per the batching policy; None when stopping.
+        Caller holds the lock."""
         ready = self._table.ready
-        while not ready and not self._sentence_queue and not self._stopping:
+
+        def idle() -> bool:
+            return not ready and not self._sentence_queue and not self._background and not self._calls
+
+        while idle() and not self._stopping:
             self._cond.wait(timeout=IDLE_WAKE_SECONDS)
-            if not ready and not self._sentence_queue:
+            if idle():
                 return []  # let the caller sweep expired streams now and then
         if self._stopping:
             return None
         if self._sentence_queue and (
             not ready or self.clock() - self._sentence_queue[0].arrived > self.sentence_max_defer
         ):
+            return self._take_sentences()
+        if not ready and (self._background or self._calls):
+            if self._calls and (self._call_next or not self._background):
+                self._call_next = False
+                return self._calls.popleft()
+            self._call_next = True
             return self._take_sentences()
         deadline = self._table.oldest_ready_arrival() + self.max_wait
         while len(ready) < self.max_batch and not self._stopping:
@@ -357,6 +403,14 @@ class Engine:
                 break
             items.append(self._sentence_queue.popleft())
             audio += seconds
+        background = 0
+        while self._background and not self._table.ready and background < self.background_max_batch:
+            seconds = len(self._background[0].job.audio) / 32000
+            if items and audio + seconds > self.sentence_max_audio:
+                break
+            items.append(self._background.popleft())
+            audio += seconds
+            background += 1
         return _SentenceRound(items)
 
     def _process_sentences(self, items: list[_Sentence]) -> None:
@@ -388,24 +442,20 @@ class Engine:
                     worker=self.worker_id,
                     timing=timing,
                 )
-            messages.append((job.channel, result))
-        self._publish(messages)
-        for item in items:
-            item.pending.resolve(None)
+            messages.append((item, result))
+        self._publish([(item.job.channel, result) for item, result in messages if not item.job.background])
+        for item, result in messages:
+            item.pending.resolve(result)
 
     def _fail_sentences(self, items: list[_Sentence], exc: Exception) -> None:
         logger.error("sentence round of %d failed in the engine: %r", len(items), exc, exc_info=exc)
         error = EngineError(f"internal error in the worker's engine: {type(exc).__name__}: {exc}")
         pending = [s for s in items if not s.pending.done]
-        self._publish(
-            [
-                (s.job.channel, SentenceResult(s.job.session, s.job.index, error=error.message, code=error.code))
-                for s in pending
-            ]
-        )
+        results = [SentenceResult(s.job.session, s.job.index, error=error.message, code=error.code) for s in pending]
+        self._publish([(s.job.channel, r) for s, r in zip(pending, results) if not s.job.background])
         self.observer.failed(error.code, len(pending))
-        for s in pending:
-            s.pending.resolve(None)
+        for s, r in zip(pending, results):
+            s.pending.resolve(r)
 
     def _process(self, batch: list[tuple[Stream, Waiting]]) -> None:
         started = time.time()
@@ -475,6 +525,14 @@ class Engine:
         logger.warning("stream %s: %s", stream.id, error.message, extra=stream_fields(stream.id))
         self.observer.failed(error.code, len(out))
         return out
+
+
+@dataclass
+class _Call:
+    """Background work for the batcher thread (:meth:`Engine.submit_background`)."""
+
+    call: Callable[[], object]
+    pending: Pending
 
 
 @dataclass

@@ -56,12 +56,14 @@ class SentenceWork:
 
     ``audio``: float32 in [-1, 1) (int16 / 32768), 16 kHz mono, one VAD segment (0.1-60 s). ``hotwords``: as the
     client sent it (see :func:`hotword_words`). ``punc_cache``: the session's JSON-able punctuation state, ``{}`` at
-    its start; it is read, never modified.
+    its start; it is read, never modified. ``punctuate=False`` skips punctuation (``text`` is the raw text and the
+    cache comes back unchanged): file jobs punctuate their sentences in order afterwards (:meth:`punctuate`).
     """
 
     audio: np.ndarray
     hotwords: str = ""
     punc_cache: dict = field(default_factory=dict)
+    punctuate: bool = True
 
 
 @dataclass
@@ -244,10 +246,18 @@ class SentencePipeline:
         raw = results[0]["text"]
         timestamp = [[int(s), int(e)] for s, e in results[0].get("timestamp", [])]
         text = raw
-        if self.punc is not None:  # FunASR's server punctuates non-empty texts only
-            text = self.punc.generate(input=raw, cache=cache)[0]["text"]
-            cache = json.loads(json.dumps(cache))
+        if self.punc is not None and item.punctuate:  # FunASR's server punctuates non-empty texts only
+            text, cache = self.punctuate(raw, cache)
         return SentenceOutput(text, raw, timestamp, stamp_sentences(text, timestamp), cache)
+
+    def punctuate(self, raw: str, cache: dict) -> tuple[str, dict]:
+        """A sentence's raw text punctuated on a copy of the session's ``cache``: (text, the next cache). Without a
+        punctuation model, or for an empty text (FunASR's servers punctuate non-empty texts only), unchanged."""
+        cache = json.loads(json.dumps(cache))
+        if self.punc is None or not raw:
+            return raw, cache
+        text = self.punc.generate(input=raw, cache=cache)[0]["text"]
+        return text, json.loads(json.dumps(cache))
 
     def _encode_together(self, work: Sequence[SentenceWork]) -> list[_Encoded | None]:
         """Per item its features and packed encoder output, or None where FunASR's own ``encode`` will run.

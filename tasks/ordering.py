@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tasks.options import StreamOptions
-from tasks.wire import ChunkJob, ChunkResult
+from tasks.wire import ChunkJob
 
 if TYPE_CHECKING:
     from tasks.recognizer import StreamState
@@ -31,19 +31,23 @@ class Pending:
 
     def __init__(self) -> None:
         self._done = threading.Event()
-        self.result: ChunkResult | None = None
+        self.result: Any = None  # a ChunkResult or SentenceResult, or a background call's outcome
 
     @property
     def done(self) -> bool:
         return self._done.is_set()
 
-    def resolve(self, result: ChunkResult | None) -> None:
+    def resolve(self, result: Any) -> None:
         """Set the outcome; only the first call counts."""
         if not self._done.is_set():
             self.result = result
             self._done.set()
 
-    def wait(self, timeout: float | None = None) -> ChunkResult | None:
+    def settled(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the outcome; whether it is there."""
+        return self._done.wait(timeout)
+
+    def wait(self, timeout: float | None = None) -> Any:
         """Block until the chunk was recognized and published (or dropped); False-y on timeout."""
         if not self._done.wait(timeout):
             raise TimeoutError("chunk not processed in time")

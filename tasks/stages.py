@@ -174,7 +174,10 @@ class SentenceStage:
         if pipeline is None:
             outputs: list[Any] = [ModelMissing("this worker has no offline model (ASR_OFFLINE_MODEL)")] * len(jobs)
         else:
-            work = [SentenceWork(pcm_to_float(job.audio), job.hotwords, dict(job.punc)) for job in jobs]
+            work = [
+                SentenceWork(pcm_to_float(job.audio), job.hotwords, dict(job.punc), punctuate=not job.background)
+                for job in jobs
+            ]
             try:
                 outputs = list(pipeline.process(work))
             except Exception as exc:  # noqa: BLE001 - third-party code: retry one by one to find the culprit

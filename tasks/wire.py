@@ -316,6 +316,13 @@ MAX_PUNC_WORDS = 256
 MAX_PUNC_BYTES = 16 * 1024
 
 
+def carry_punc(punc: Any) -> dict:
+    """The punctuation state a session carries into its next sentence, from the state a sentence's result left:
+    its last :data:`MAX_PUNC_WORDS` words (FunASR's realtime model keeps the words after the last full stop)."""
+    words = punc.get("pre_text", []) if isinstance(punc, dict) else []
+    return {"pre_text": list(words[-MAX_PUNC_WORDS:])} if words or punc else {}
+
+
 def _check_punc(value: Any) -> dict:
     """The punctuation state: ``{}`` or ``{"pre_text": [str, ...]}`` within the bounds above."""
     if not isinstance(value, dict) or set(value) - {"pre_text"}:
@@ -346,6 +353,10 @@ class SentenceJob:
     punc: dict = field(default_factory=dict)
     channel: str = ""
     submitted_at: float = field(default_factory=time.time)
+    #: A file job's segment (tasks.filework), never on the wire: it runs only when the worker is otherwise idle,
+    #: is not punctuated (the job punctuates its sentences in order at the end), and its result goes back to the
+    #: submitter instead of a channel.
+    background: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         return {

@@ -223,3 +223,80 @@ def test_a_worker_without_vad_fails_2pass_chunks_with_model_missing():
     finally:
         e.stop()
     assert result.code == "model_missing" and "VAD" in (result.error or "")
+
+
+def background(index: int, samples: int = 16000) -> SentenceJob:
+    return SentenceJob(f"file:{index}", index, b"\x00\x01" * samples, start_ms=500, background=True)
+
+
+def test_background_work_runs_only_when_nothing_live_waits_and_never_publishes():
+    published = Published()
+    pipeline = FakePipeline(delay=0.05)
+    e = engine(published, sentences=pipeline, sentence_max_batch=8, background_max_batch=2)
+    ran: list[str] = []
+    lock = threading.Lock()
+
+    def record(messages):
+        published(messages)
+        with lock:
+            ran.extend("S" if isinstance(r, SentenceResult) else "C" for _, r in messages)
+
+    def call(tag: str):
+        with lock:
+            ran.append(tag)
+        return tag.lower()
+
+    e.publish = record
+    try:
+        e.submit_sentence(sentence(0))  # a live round starts: everything below arrives while it runs
+        time.sleep(0.01)
+        files = [e.submit_sentence(background(i)) for i in range(5)]
+        calls = [e.submit_background(lambda tag=tag: call(tag)) for tag in ("X", "Y")]
+        e.submit_sentence(sentence(1))
+        for s in range(2):
+            e.submit(chunk(f"live{s}/0", 0, "online"))
+        assert all(p.settled(5) for p in files + calls)
+    finally:
+        e.stop()
+    assert ran[:4] == ["S", "C", "C", "S"], f"live chunks, then the live sentence, before any background work: {ran}"
+    assert sorted(ran[4:]) == ["X", "Y"] and ran.count("S") == 2, "background sentences are never published"
+    assert [c.result for c in calls] == ["x", "y"]
+    results = [p.result for p in files]
+    assert all(isinstance(r, SentenceResult) and r.text == "len16000" for r in results)
+    assert [(r.session, r.index, r.start_ms, r.end_ms) for r in results] == [
+        (f"file:{i}", i, 500, 1500) for i in range(5)
+    ]
+    # the live sentence's round fills up with 2 background ones; later rounds hold at most 2 (background_max_batch)
+    assert sum(pipeline.rounds) == 7 and max(pipeline.rounds) <= 3 and pipeline.rounds[-2:] != [3, 3], pipeline.rounds
+
+
+def test_a_background_call_that_raises_returns_its_error_and_a_stopped_engine_releases_background_work():
+    published = Published()
+    e = engine(published)
+    try:
+        boom = e.submit_background(lambda: 1 / 0)
+        assert boom.settled(5) and isinstance(boom.result, ZeroDivisionError)
+        assert e.alive, "the caller's error is its result, not the engine's death"
+    finally:
+        e.stop()
+    late = [e.submit_background(lambda: 1), e.submit_sentence(background(0))]
+    assert all(p.settled(1) and p.result is None for p in late)
+
+
+def test_background_sentences_are_not_punctuated():
+    from tasks.offline import SentenceWork
+
+    seen: list[SentenceWork] = []
+
+    class Recording(FakePipeline):
+        def process(self, work):
+            seen.extend(work)
+            return super().process(work)
+
+    e = engine(Published(), sentences=Recording())
+    try:
+        pendings = [e.submit_sentence(background(0)), e.submit_sentence(sentence(1))]
+        assert all(p.settled(5) for p in pendings)
+    finally:
+        e.stop()
+    assert sorted(w.punctuate for w in seen) == [False, True]
