@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the gateway app and start its background parts (queue monitor, result router)."""
-    from app import api, ws
+    from app import api, files, ws
     from app.services import Services
 
     settings = settings or Settings.from_env()
@@ -29,6 +29,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.ensure_ascii = False  # type: ignore[attr-defined]  # transcripts are mostly CJK text
     app.extensions["asr"] = Services.build(settings)
     app.register_blueprint(api.bp)
+    app.register_blueprint(files.bp)
     ws.init_app(app)
     logger.info("gateway ready: redis %s, queue %s", redact(settings.redis_url), settings.queue)
     return app

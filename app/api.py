@@ -171,6 +171,8 @@ def queue_state():
             "workers": workers,
             "streams": snapshot.streams(),
             "gateway_sessions": svc.sessions.count(),
+            # file jobs, counted apart from live chunks: unfinished jobs, their audio left, segments queued
+            "files": snapshot.files,
             "gateway_pid": os.getpid(),
             "max_pending": svc.settings.max_pending,
             "admitting": refusal is None,

@@ -21,6 +21,7 @@ import redis
 
 from app.leases import Leases
 from tasks import wire
+from tasks.filejobs import FileJobStore
 from tasks.wire import Keys
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,9 @@ class Snapshot:
     workers: dict[str, dict] = field(default_factory=dict)  # live worker id → its heartbeat body
     queues: dict[str, int] = field(default_factory=dict)  # queue name → waiting tasks
     leases: dict[str, int] = field(default_factory=dict)  # live worker id → sessions holding a slot on it
+    files: dict[str, float] = field(
+        default_factory=dict
+    )  # file jobs: unfinished jobs, audio seconds left (tasks.filejobs)
     redis_error: str | None = "not sampled yet"
 
     @property
@@ -61,6 +65,7 @@ class Monitor:
         self, client: redis.Redis, keys: Keys, leases: Leases, base_queue: str, interval: float = 0.25
     ) -> None:
         self.client = client
+        self.files = FileJobStore(client, keys.prefix)
         self.leases = leases
         self.keys = keys
         self.base_queue = base_queue
@@ -121,7 +126,10 @@ class Monitor:
         leases = self.leases.counts(workers)
         if dead:
             self._prune(dead)
-        return Snapshot(taken_at=time.time(), workers=workers, queues=depths, leases=leases, redis_error=None)
+        files = {**self.files.backlog(), "segments_queued": self.client.llen(self.files.queue_key("todo"))}
+        return Snapshot(
+            taken_at=time.time(), workers=workers, queues=depths, leases=leases, files=files, redis_error=None
+        )
 
     def _depths(self, queues: list[str]) -> dict[str, int]:
         pipe = self.client.pipeline(transaction=False)

@@ -69,7 +69,8 @@ class Services:
         snapshot = self.monitor.snapshot
         cached_for, view = self._backend
         if cached_for is not snapshot:
-            view = Backend(snapshot.redis_ok, frozenset(snapshot.workers), snapshot.pending)
+            jobs = int(snapshot.files.get("jobs", 0))
+            view = Backend(snapshot.redis_ok, frozenset(snapshot.workers), snapshot.pending, jobs)
             self._backend = (snapshot, view)
         return view
 

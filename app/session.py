@@ -51,6 +51,7 @@ class Backend:
     redis_ok: bool = True
     workers: frozenset[str] = field(default_factory=frozenset)
     pending: int = 0
+    file_jobs: int = 0
 
 
 class Session:
@@ -179,7 +180,7 @@ class Session:
                 CLOSE_INTERNAL,
             )
         if stream.config.queue_status:
-            actions += self._queue_status(now, backend.pending)
+            actions += self._queue_status(now, backend.pending, backend.file_jobs)
         silent = now - self.last_audio
         busy = stream.outstanding or (stream.sentences is not None and stream.sentences.busy)
         if silent > self.limits.idle_timeout and not busy:
@@ -268,11 +269,11 @@ class Session:
         self.state, self.end_reason = CLOSED, error.code
         return [Send(dict(error.to_client(), is_end=True)), Close(close_code, error.code)]
 
-    def _queue_status(self, now: float, pending: int) -> list[Action]:
+    def _queue_status(self, now: float, pending: int, file_jobs: int = 0) -> list[Action]:
         last = self._status_pending
         due = now - self._status_sent_at >= self.limits.queue_status_interval
         jumped = last is not None and abs(pending - last) >= self.limits.queue_status_step
         if not (due or jumped):
             return []
         self._status_sent_at, self._status_pending = now, pending
-        return [Send({"type": "queue_status", "pending": pending}, droppable=True)]
+        return [Send({"type": "queue_status", "pending": pending, "file_jobs": file_jobs}, droppable=True)]

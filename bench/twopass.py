@@ -186,13 +186,20 @@ class Ours:
             subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         )
 
-    def start(self, concurrency: int) -> str:
+    def start(self, concurrency: int, workers: int = 1) -> str:
         queue = self.env["ASR_QUEUE"]
-        worker = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", queue, "-n", f"w1@{queue}"]
-        self._spawn("worker", worker + ["--concurrency", str(concurrency), "--without-mingle", "--without-gossip"])
+        for i in range(1, workers + 1):
+            worker = [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", queue, "-n", f"w{i}@{queue}"]
+            options = ["--concurrency", str(concurrency), "--without-mingle", "--without-gossip"]
+            self._spawn(f"worker{i}", worker + options)
         self._spawn("gateway", [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py", "wsgi:app"])
-        http = f"http://127.0.0.1:{self.port}"
-        wait_for(lambda: "2pass" in (healthz(http).get("modes") or []), 600, "our worker to load its models")
+        self.http = f"http://127.0.0.1:{self.port}"
+
+        def ready() -> bool:
+            health = healthz(self.http)
+            return "2pass" in (health.get("modes") or []) and health.get("workers") == workers
+
+        wait_for(ready, 600, "our workers to load their models")
         return f"ws://127.0.0.1:{self.port}/"
 
     def stop(self) -> None:

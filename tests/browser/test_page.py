@@ -272,17 +272,11 @@ def twopass_stack(make_module_stack, tmp_path_factory):
 @pytest.fixture
 def two_sentence_browser(tmp_path):
     """Chromium whose fake microphone speaks two sentences with a pause between them."""
-    import wave
-
-    from tests.speech import speech_pcm
+    from tests.speech import speech_pcm, wav_bytes
 
     pcm = speech_pcm(("the first sentence of the page test", "and here is the second one"), pause=2.5, lead=1.0)
     path = tmp_path / "two.wav"
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(16000)
-        wav.writeframes(pcm)
+    path.write_bytes(wav_bytes(pcm))
     yield from chromium_speaking(path)
 
 
@@ -304,3 +298,33 @@ def test_speaking_in_2pass_shows_partials_then_corrected_sentences_with_times(tw
     assert all(text.strip() for _, text in timed)
     assert timed[0][0].startswith("[0:0"), timed  # the first sentence starts within the first seconds
     assert not page.is_visible("#error")
+
+
+def test_a_file_picked_on_the_page_is_transcribed_with_progress_and_subtitle_links(browser, twopass_stack, tmp_path):
+    import urllib.request
+
+    from tests.speech import speech_pcm, wav_bytes
+
+    pcm = speech_pcm(("the first sentence of the file", "and here is the second one"), pause=2.5, lead=1.0)
+    path = tmp_path / "recording.wav"
+    path.write_bytes(wav_bytes(pcm))
+    page = browser.new_page()
+    page.goto(twopass_stack.http + "/")
+    assert page.is_disabled("#upload")
+
+    page.set_input_files("#file", str(path))
+    page.click("#upload")
+
+    page.wait_for_selector("#file-links:not([hidden])", timeout=60000)
+    items = page.eval_on_selector_all(
+        "#file-sentences li", "items => items.map(i => [i.querySelector('.times').textContent,"
+        " i.querySelector('.text').textContent])",
+    )  # fmt: skip
+    assert len(items) >= 2 and all(text for _, text in items), items
+    assert items[0][0].startswith("[0:0")
+    assert page.text_content("#file-state").startswith("done")
+    assert not page.is_visible("#file-error") and page.is_enabled("#upload")
+    srt_url = page.get_attribute("#file-srt", "href")
+    with urllib.request.urlopen(twopass_stack.http + srt_url, timeout=10) as response:
+        body = response.read().decode()
+    assert body.startswith("1\n") and " --> " in body

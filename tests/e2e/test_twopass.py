@@ -27,15 +27,8 @@ CHUNK_SAMPLES = 9600  # chunk_size [5, 10, 5]: 600 ms
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, str]:
-    from tasks import modelgen
-
-    root = tmp_path_factory.mktemp("twopass-models")
-    return {
-        "vad": str(real_vad_dir()),
-        "offline": str(modelgen.generate(root / "offline", "tiny", seed=0, kind="offline")),
-        "punc": str(modelgen.generate(root / "punc", "tiny", seed=0, kind="punc")),
-    }
+def models(twopass_models) -> dict[str, str]:
+    return twopass_models
 
 
 @pytest.fixture(scope="module")
