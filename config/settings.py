@@ -182,6 +182,12 @@ class Settings:
     file_max_batch: int = _setting(
         4, "File segments one offline round takes (rounds run only when no live work waits)", "segments"
     )
+    file_live_round_seconds: float = _setting(
+        8.0,
+        "While live streams are open, a worker's offline round takes at most this much file audio (one file sentence "
+        "at least): a live chunk arriving meanwhile waits for the round",
+        "s",
+    )
     file_tmp_dir: str = _setting("", "Where the gateway spools uploads while decoding them; empty: the system temp dir")
 
     # --- gateway process ------------------------------------------------------------------------------------------

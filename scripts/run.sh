@@ -21,7 +21,8 @@ fi
 chmod 600 "$credentials"
 FLOWER_BASIC_AUTH=$(<"$credentials")
 export FLOWER_BASIC_AUTH
-echo "gateway: ws://${ASR_BIND:-127.0.0.1:8000}/ws   health: http://${ASR_BIND:-127.0.0.1:8000}/healthz" \
+echo "gateway: ws://${ASR_BIND:-127.0.0.1:8000}/ws   page: http://${ASR_BIND:-127.0.0.1:8000}/" \
+  "  files: http://${ASR_BIND:-127.0.0.1:8000}/api/transcribe   health: http://${ASR_BIND:-127.0.0.1:8000}/healthz" \
   "  flower: http://127.0.0.1:${ASR_FLOWER_PORT:-5555} (user ${FLOWER_BASIC_AUTH%%:*}," \
   "password ${FLOWER_BASIC_AUTH#*:}, from $credentials)"
 exec honcho start -f Procfile

@@ -34,8 +34,10 @@ corrects sentences: then one sentence only); a sentence round holds at most ``se
 Background work. File jobs (:mod:`tasks.filework`) come last: their sentences (``SentenceJob.background``) and
 their calls (:meth:`Engine.submit_background`: VAD over a file's audio, its punctuation pass) run only in a
 round where no chunk is ready and no live sentence waits, and are never forced. A background sentence round takes
-at most ``background_max_batch`` sentences (after any live ones), so a chunk that becomes ready meanwhile waits at
-most that round; background calls alternate with such rounds and are sized by their callers to run briefly.
+at most ``background_max_batch`` sentences (after any live ones) and, while live streams are open, at most
+``background_live_audio`` seconds of their audio (one sentence at least), so a chunk that becomes ready meanwhile
+waits at most that round; background calls alternate with such rounds and are sized by their callers to run
+briefly.
 
 Failure. Whatever goes wrong with one batch outside the recognizer's own contract (a bug, a broken promise of the
 recognizer) fails that batch's chunks with ``engine_error`` and the batcher goes on. If the batcher thread dies
@@ -141,6 +143,7 @@ class Engine:
         sentence_max_audio: float = 30.0,
         sentence_max_defer: float = 1.0,
         background_max_batch: int = 4,
+        background_live_audio: float = 8.0,
     ) -> None:
         self.recognizer = recognizer
         self.vad = vad
@@ -154,6 +157,7 @@ class Engine:
         self._sentence_queue: deque[_Sentence] = deque()
         self._sentence_batch: list[_Sentence] = []
         self.background_max_batch = max(1, background_max_batch)
+        self.background_live_audio = background_live_audio
         self._background: deque[_Sentence] = deque()  # file jobs' sentences
         self._calls: deque[_Call] = deque()  # file jobs' other work
         self._call_next = False  # alternate background calls with background sentence rounds
@@ -403,13 +407,16 @@ class Engine:
                 break
             items.append(self._sentence_queue.popleft())
             audio += seconds
-        background = 0
+        background, background_audio = 0, 0.0
+        # beside open live streams a background round stays short: their next chunk may arrive during it
+        cap = self.background_live_audio if len(self._table) else self.sentence_max_audio
         while self._background and not self._table.ready and background < self.background_max_batch:
             seconds = len(self._background[0].job.audio) / 32000
-            if items and audio + seconds > self.sentence_max_audio:
+            if items and (audio + seconds > self.sentence_max_audio or background_audio + seconds > cap):
                 break
             items.append(self._background.popleft())
             audio += seconds
+            background_audio += seconds
             background += 1
         return _SentenceRound(items)
 

@@ -13,6 +13,7 @@ in Redis under ``<prefix>file:<id>…``, so a job survives the gateway that took
 ``files:work`` (list)          job-level work: ``split <id>`` (VAD), ``final <id>`` (punctuation, assembly)
 ``files:todo`` (list)          segment work: ``seg <id> <index>``
 ``files:doing:<kind>:<worker>``  what one worker has taken from ``work``/``todo``, until it is done
+``files:workers`` (set)        the workers that take items (whose ``doing`` lists recovery looks at)
 =============================  =====================================================================================
 
 Reliable queues. A worker moves an item from ``work``/``todo`` to its own ``doing`` list (``BLMOVE``) and deletes
@@ -21,9 +22,11 @@ back (:meth:`FileJobStore.requeue_orphans`): the job is delayed, never lost. Eve
 result is written once, ``HSETNX``), so an item done twice costs time, not correctness.
 
 States: ``queued`` → ``splitting`` → ``transcribing`` → ``punctuating`` → ``done``, or ``failed`` / ``cancelled``
-from any of them. The last segment's result moves the job to ``punctuating`` and queues its ``final`` item in
-the same Lua call, so no crash between the two can strand it. Cancelling deletes the audio and results at once;
-its queued items are dropped when a worker takes them (an O(1) check), and results arriving later are refused.
+from any of them. Sentences are queued as the split finds them, so workers recognize the first ones while the VAD
+goes on. The last result (or the split's end, when every result came first) moves the job to ``punctuating`` and
+queues its ``final`` item in the same Lua call, so no crash between the two can strand it. Cancelling deletes the
+audio and results at once; its queued items are dropped when a worker takes them (an O(1) check), and results
+arriving later are refused.
 
 Bounds: every key of a job expires ``ttl`` seconds after its last write; audio is at most the gateway's
 ``ASR_FILE_MAX_SECONDS`` (32 KB per second) per job, and at most ``ASR_FILE_MAX_JOBS`` jobs are unfinished.
@@ -44,17 +47,31 @@ FINISHED = frozenset({"done", "failed", "cancelled"})
 BLOCK_BYTES = 1 << 20  # audio goes to Redis in APPENDs of this size
 
 _PUT_RESULT = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'transcribing' then return -1 end
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'transcribing' and state ~= 'splitting' then return -1 end
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return -2 end
 redis.call('EXPIRE', KEYS[2], ARGV[5])
 local done = redis.call('HINCRBY', KEYS[1], 'segments_done', 1)
 redis.call('HINCRBY', KEYS[1], 'audio_done_ms', ARGV[3])
 redis.call('HSET', KEYS[1], 'updated', ARGV[6])
-if done == tonumber(redis.call('HGET', KEYS[1], 'segments_total')) then
+if state == 'transcribing' and done == tonumber(redis.call('HGET', KEYS[1], 'segments_total')) then
   redis.call('HSET', KEYS[1], 'state', 'punctuating')
   redis.call('LPUSH', KEYS[3], ARGV[4])
 end
 return done
+"""
+
+_END_SPLIT = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'splitting' then return 0 end
+redis.call('HSET', KEYS[1], 'segments_total', ARGV[1], 'speech_ms', ARGV[2], 'updated', ARGV[4])
+local done = tonumber(redis.call('HGET', KEYS[1], 'segments_done') or '0')
+if done >= tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'state', 'punctuating')
+  redis.call('LPUSH', KEYS[2], ARGV[3])
+else
+  redis.call('HSET', KEYS[1], 'state', 'transcribing')
+end
+return 1
 """
 
 _SET_STATE = """
@@ -99,6 +116,7 @@ class FileJobStore:
         self.ttl = int(ttl)
         self._put_result: Any = client.register_script(_PUT_RESULT)
         self._set_state: Any = client.register_script(_SET_STATE)
+        self._end_split: Any = client.register_script(_END_SPLIT)
 
     # --- keys -----------------------------------------------------------------------------------------------------
     def key(self, job: str, part: str = "") -> str:
@@ -111,6 +129,10 @@ class FileJobStore:
     def queue_key(self, kind: str) -> str:
         """``work`` (split, final) or ``todo`` (segments)."""
         return f"{self.prefix}files:{kind}"
+
+    @property
+    def workers_key(self) -> str:
+        return f"{self.prefix}files:workers"
 
     def doing_key(self, kind: str, worker: str) -> str:
         return f"{self.prefix}files:doing:{kind}:{worker}"
@@ -203,16 +225,21 @@ class FileJobStore:
         pipe.rpush(self.queue_key(kind), item.raw)
         pipe.execute()
 
+    def register(self, worker: str) -> None:
+        """Note that ``worker`` takes items, so :meth:`requeue_orphans` looks at its lists (no key scans)."""
+        self.client.sadd(self.workers_key, worker)
+
     def requeue_orphans(self, alive: Callable[[str], bool]) -> int:
-        """Move the items of workers that are not alive back to the head of their queues; how many moved."""
+        """Move the items of registered workers that are not alive back to the head of their queues, and forget
+        those workers; how many items moved."""
         moved = 0
-        for key in self.client.scan_iter(match=f"{self.prefix}files:doing:*", count=100):
-            name = text_of(key)
-            kind, worker = name[len(f"{self.prefix}files:doing:") :].split(":", 1)
-            if kind not in ("work", "todo") or alive(worker):
+        for worker in sorted(text_of(w) for w in self.client.smembers(self.workers_key)):
+            if alive(worker):
                 continue
-            while self.client.lmove(name, self.queue_key(kind), "RIGHT", "RIGHT") is not None:
-                moved += 1
+            for kind in ("work", "todo"):
+                while self.client.lmove(self.doing_key(kind, worker), self.queue_key(kind), "RIGHT", "RIGHT"):
+                    moved += 1
+            self.client.srem(self.workers_key, worker)
         return moved
 
     def set_state(self, job: str, state: str, only_from: tuple[str, ...]) -> bool:
@@ -225,26 +252,29 @@ class FileJobStore:
             return b""
         return self.client.getrange(self.key(job, "audio"), 2 * start, 2 * end - 1)
 
-    def set_segments(self, job: str, segments: list[tuple[int, int]]) -> bool:
-        """Record the job's sentences and queue one item each; with none, queue its ``final`` item at once.
-        False if the job left ``splitting`` meanwhile (cancelled)."""
+    def add_segments(self, job: str, first: int, segments: list[tuple[int, int]]) -> bool:
+        """Record sentences ``first…`` found so far and queue one item each, while the job is being split, so
+        workers start on them before the split ends. ``first == 0`` starts the list afresh (a split run again
+        after its worker died finds the same sentences: the VAD is deterministic, and results already recorded
+        stay). False if the job left ``splitting`` (cancelled)."""
+        if self.client.hget(self.key(job), "state") != b"splitting":
+            return False
         key = self.key(job, "segments")
         pipe = self.client.pipeline()
-        pipe.delete(key, self.key(job, "results"))
+        if first == 0:
+            pipe.delete(key)
         if segments:
             pipe.rpush(key, *[json.dumps(list(s)) for s in segments])
-            pipe.expire(key, self.ttl)
-        speech_ms = sum(end - start for start, end in segments)
-        counters = {"segments_total": len(segments), "segments_done": 0, "audio_done_ms": 0, "speech_ms": speech_ms}
-        pipe.hset(self.key(job), mapping=counters)
+            pipe.lpush(self.queue_key("todo"), *[f"seg {job} {first + i}" for i in range(len(segments))])
+        pipe.expire(key, self.ttl)
         pipe.execute()
-        if not self.set_state(job, "transcribing" if segments else "punctuating", ("splitting",)):
-            return False
-        if segments:
-            self.client.lpush(self.queue_key("todo"), *[f"seg {job} {i}" for i in range(len(segments))])
-        else:
-            self.client.lpush(self.queue_key("work"), f"final {job}")
         return True
+
+    def end_split(self, job: str, total: int, speech_ms: int) -> bool:
+        """The split is complete with ``total`` sentences: the job is ``transcribing``, or ``punctuating`` with its
+        ``final`` item queued if every result is in already (or there is no speech). False if it was cancelled."""
+        args = [total, speech_ms, f"final {job}", time.time()]
+        return bool(self._end_split(keys=[self.key(job), self.queue_key("work")], args=args))
 
     def segment(self, job: str, index: int) -> tuple[int, int] | None:
         raw = self.client.lindex(self.key(job, "segments"), index)

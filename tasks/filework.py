@@ -3,11 +3,12 @@
 Every worker that serves the offline mode runs two threads beside its Celery pool:
 
 * **jobs** takes ``split`` and ``final`` items. *split* runs the worker's streaming VAD over the file's audio in
-  600 ms chunks, exactly as a 2pass session's chunks reach it (the last chunk is the remainder, possibly empty,
-  and final), cuts sentences with :class:`tasks.segments.Segmenter` — the rule the gateway applies to live
-  sessions — and queues one ``seg`` item per sentence. *final* punctuates the sentences in order, carrying the
-  punctuation state from one to the next as a live session does (:func:`tasks.wire.carry_punc`), and stores the
-  transcription. A file therefore gets the sentences, texts and times a 2pass session streaming it would get.
+  600 ms chunks, exactly as a 2pass session's chunks reach it (the last chunk is the remainder, possibly empty, and
+  final), cuts sentences with :class:`tasks.segments.Segmenter` — the rule the gateway applies to live sessions —
+  and queues one ``seg`` item per sentence as it finds them (other workers start on them at once). *final*
+  punctuates the sentences in order, carrying the punctuation state from one to the next as a live session does
+  (:func:`tasks.wire.carry_punc`), and stores the transcription. A file therefore gets the sentences, texts and
+  times a 2pass session streaming it would get.
 * **segments** takes ``seg`` items — any worker's, which is how a file fans out across all workers — and hands
   each to its engine as a background sentence, keeping at most ``inflight`` in the engine at once.
 
@@ -151,7 +152,7 @@ class FileWork:
     # --- segments -------------------------------------------------------------------------------------------------
     def _submit(self, item: Item, held: dict[Item, tuple[Pending, int, int]]) -> None:
         state, hotwords = self.store.client.hmget(self.store.key(item.job), "state", "hotwords")
-        bounds = self.store.segment(item.job, item.index) if state == b"transcribing" else None
+        bounds = self.store.segment(item.job, item.index) if state in (b"splitting", b"transcribing") else None
         audio = self.store.read_audio(item.job, bounds[0] * 16, bounds[1] * 16) if bounds else b""
         if not audio:  # cancelled, failed or expired: nothing to do
             self.store.done("todo", self.worker_id, item)
@@ -193,6 +194,8 @@ class FileWork:
         state = vad.open_stream()
         segmenter = Segmenter()
         cuts: list[tuple[int, int]] = []
+        if not self.store.add_segments(job, 0, []):
+            raise JobGone(job)
         chunks = samples // CHUNK_SAMPLES + 1  # whole chunks, then the remainder (maybe empty) as the final one
         for first in range(0, chunks, VAD_SLICE_CHUNKS):
             lo, hi = first * CHUNK_SAMPLES, min((first + VAD_SLICE_CHUNKS) * CHUNK_SAMPLES, samples)
@@ -206,13 +209,16 @@ class FileWork:
                 end = min(start + CHUNK_SAMPLES, hi - lo)
                 work.append(VadWork(state, audio[start:end], k == chunks - 1))
             events = self._call(functools.partial(_run_vad, vad, work))
+            found_before = len(cuts)
             for k, found in zip(range(first, first + len(work)), events):
                 if isinstance(found, RecognitionFailed):
                     raise found
                 end_ms = min((k + 1) * CHUNK_SAMPLES, samples) // 16
                 cuts += segmenter.on_chunk(found, end_ms, k == chunks - 1)
+            if not self.store.add_segments(job, found_before, cuts[found_before:]):
+                raise JobGone(job)
             self.store.update(job, split_ms=hi // 16)
-        if not self.store.set_segments(job, cuts):
+        if not self.store.end_split(job, len(cuts), sum(end - start for start, end in cuts)):
             raise JobGone(job)
         logger.info("file job %s: %.1f s of audio, %d sentences", job, samples / 16000, len(cuts))
 
@@ -265,8 +271,9 @@ class FileWork:
         return outcome
 
     def _give_back_own(self) -> None:
-        """Items an earlier process with this worker's name left taken go back to the queues."""
+        """Items an earlier process with this worker's name left taken go back to the queues; then register."""
         moved = self.store.requeue_orphans(lambda worker: worker != self.worker_id)
+        self.store.register(self.worker_id)
         if moved:
             logger.warning("file jobs: %d items an earlier process of %s held are queued again", moved, self.worker_id)
 

@@ -215,6 +215,7 @@ class WorkerRuntime:
             sentence_max_batch=self.settings.sentence_max_batch,
             sentence_max_defer=self.settings.sentence_max_defer_ms / 1000,
             background_max_batch=self.settings.file_max_batch,
+            background_live_audio=self.settings.file_live_round_seconds,
         ).start()
         logger.info("model ready in %.1f s: %s (%s)", time.monotonic() - t0, recognizer.description, recognizer.name)
         self.heartbeat = Heartbeat(

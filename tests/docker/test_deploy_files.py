@@ -390,10 +390,11 @@ def test_the_drain_setting_is_what_gunicorn_uses():
 
 @functools.cache
 def gateway_routes() -> set[str]:
-    from app import api, ws
+    from app import api, files, ws
 
     app = Flask("routes")
     app.register_blueprint(api.bp)
+    app.register_blueprint(files.bp)
     return {rule.rule for rule in app.url_map.iter_rules()} | set(ws.WS_PATHS)
 
 
@@ -422,8 +423,13 @@ def test_gateway_probes_scrapes_and_ingress_use_routes_the_gateway_serves():
     ingress = k8s("Ingress", "asr-gateway")["spec"]["rules"][0]["http"]["paths"]
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     scrape = scrape_config("asr-gateway")
-    for path in [p["path"] for p in ingress] + [annotations["prometheus.io/path"], scrape["metrics_path"]]:
+    for path in [p["path"] for p in ingress if p["pathType"] == "Exact"] + [
+        annotations["prometheus.io/path"],
+        scrape["metrics_path"],
+    ]:
         assert path in gateway_routes(), path
+    for prefix in [p["path"] for p in ingress if p["pathType"] == "Prefix"]:
+        assert any(route.startswith(prefix + "/") or route == prefix for route in gateway_routes()), prefix
     assert {sd["port"] for sd in scrape["dns_sd_configs"]} == {gateway_port()}
     assert int(annotations["prometheus.io/port"]) == c["ports"][0]["containerPort"]
     assert f"{gateway_port()}:{gateway_port()}" in compose()["services"]["gateway"]["ports"]

@@ -100,6 +100,20 @@ def test_a_file_gives_the_2pass_sentences_and_funasrs_own_results(files, models)
     assert result["text"] == full_text({"sentences": expected})
 
 
+def test_hotwords_reach_the_offline_model_for_files_too(files, models):
+    from urllib.parse import quote
+
+    pcm = speech_pcm()
+    hotwords = json.dumps({"一丁七": 20, "万三上": 30}, ensure_ascii=False)  # characters of the tiny vocabulary
+    biased = [(e["start"], e["end"], e["text"]) for e in reference_sentences(models, pcm, hotwords) if e["text"]]
+
+    status, _, body = upload(files.http, wav_bytes(pcm), f"?hotwords={quote(hotwords)}")
+
+    assert status == 200, body
+    result = json.loads(body)
+    assert sentences(result) == biased and result["hotwords"] == hotwords
+
+
 def test_formats_and_a_resampled_stereo_upload(files, models):
     import numpy as np
     import soxr

@@ -300,3 +300,21 @@ def test_background_sentences_are_not_punctuated():
     finally:
         e.stop()
     assert sorted(w.punctuate for w in seen) == [False, True]
+
+
+def test_beside_open_live_streams_a_background_round_holds_little_file_audio():
+    published = Published()
+    pipeline = FakePipeline()
+    e = engine(published, sentences=pipeline, background_max_batch=8, background_live_audio=2.5)
+    try:
+        first = e.submit(chunk("live/0", 0, "online"))  # a live stream is open from here on
+        assert first.settled(5)
+        files = [e.submit_sentence(background(i, samples=16000)) for i in range(4)]  # 1 s each
+        assert all(p.settled(5) for p in files)
+        assert max(pipeline.rounds) <= 2, f"at most 2.5 s of file audio a round beside a live stream: {pipeline.rounds}"
+        e.close_stream("live/0")
+        more = [e.submit_sentence(background(i, samples=16000)) for i in range(4)]
+        assert all(p.settled(5) for p in more)
+    finally:
+        e.stop()
+    assert sum(pipeline.rounds) == 8

@@ -35,15 +35,19 @@ def test_a_job_goes_split_segments_results_final_and_each_result_counts_once(sto
     assert item == Item("split", job, raw=f"split {job}")
     assert store.set_state(job, "splitting", ("queued",))
     assert store.read_audio(job, 16000, 16004) == b"\x01\x00" * 4 and store.read_audio(job, 31999, 40000) == b"\x01\x00"
-    assert store.set_segments(job, [(0, 500), (800, 1900)])
+    assert store.add_segments(job, 0, [(0, 500)])
+    first = store.claim("todo", "w1", 1)
+    assert (first.kind, first.index) == ("seg", 0), "a sentence is queued as soon as the split finds it"
+    assert store.put_result(job, 0, {"raw": "a"}, 500) == 1
+    assert store.put_result(job, 0, {"raw": "again"}, 500) == -2, "a segment done twice counts once"
+    assert store.add_segments(job, 1, [(800, 1900)])
+    assert store.end_split(job, 2, 1600)
     store.done("work", "w1", item)
-    segs = [store.claim("todo", "w1", 1), store.claim("todo", "w2", 1)]
-    assert [(s.kind, s.index) for s in segs] == [("seg", 0), ("seg", 1)]
+    second = store.claim("todo", "w2", 1)
+    assert (second.kind, second.index) == ("seg", 1)
     assert store.segment(job, 1) == (800, 1900)
-    assert store.put_result(job, 1, {"raw": "b"}, 1100) == 1
-    assert store.put_result(job, 1, {"raw": "again"}, 1100) == -2, "a segment done twice counts once"
     assert store.claim("work", "w1", 0.1) is None, "no final item before the last segment"
-    assert store.put_result(job, 0, {"raw": "a"}, 500) == 2
+    assert store.put_result(job, 1, {"raw": "b"}, 1100) == 2
     assert store.record(job)["state"] == "punctuating"
     assert store.claim("work", "w1", 1).kind == "final"
     assert [r["raw"] for _, r in store.results(job)] == ["a", "b"]
@@ -54,12 +58,16 @@ def test_a_job_goes_split_segments_results_final_and_each_result_counts_once(sto
 
 def test_items_of_a_dead_worker_go_back_and_a_cancelled_job_refuses_late_results(store):
     job = new_job(store)
+    store.register("dead")
+    store.register("alive")
     store.claim("work", "dead", 1)
     assert store.requeue_orphans(lambda w: w != "dead") == 1
+    assert store.client.smembers(store.workers_key) == {b"alive"}, "a dead worker is forgotten once emptied"
     item = store.claim("work", "alive", 1)
     assert item.kind == "split" and store.requeue_orphans(lambda w: w != "dead") == 0
     store.set_state(job, "splitting", ("queued",))
-    store.set_segments(job, [(0, 500)])
+    store.add_segments(job, 0, [(0, 500)])
+    store.end_split(job, 1, 500)
     assert store.backlog() == {"jobs": 1, "audio_seconds": 2.0}
     assert store.cancel(job)
     assert store.put_result(job, 0, {"raw": "late"}, 500) == -1
@@ -71,8 +79,11 @@ def test_a_job_without_speech_goes_straight_to_its_final_item_and_failures_say_w
     quiet, broken = new_job(store), new_job(store)
     for job in (quiet, broken):
         store.set_state(job, "splitting", ("queued",))
-    assert store.set_segments(quiet, [])
-    assert store.record(quiet)["state"] == "punctuating"
+    assert store.add_segments(quiet, 0, []) and store.end_split(quiet, 0, 0)
+    assert store.record(quiet)["state"] == "punctuating" and store.claim("work", "w1", 1).kind == "split"
+    assert store.claim("work", "w1", 1).kind == "split" and store.claim("work", "w1", 1) == Item(
+        "final", quiet, raw=f"final {quiet}"
+    )
     store.fail(broken, "recognition_failed", "sentence at 0 ms could not be recognized")
     record = store.record(broken)
     assert (record["state"], record["error_code"]) == ("failed", "recognition_failed")
