@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import mimetypes
+import os
 import secrets
 import sys
 import time
@@ -51,7 +52,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--format", choices=FORMATS, default="text", help="output format (default text)")
     parser.add_argument("--hotwords", default="", help='words to favour, e.g. "阿里巴巴 达摩院"')
     parser.add_argument("--language", default="", help="language of the audio, e.g. zh")
-    parser.add_argument("--token", default="", help="API token, sent as Authorization: Bearer TOKEN")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("ASR_API_TOKEN", ""),
+        help="API token, sent as Authorization: Bearer TOKEN (default: $ASR_API_TOKEN, which stays out of ps)",
+    )
     parser.add_argument("-o", "--output", type=Path, metavar="OUT", help="write the result here (default stdout)")
     parser.add_argument("--poll", type=_positive, default=0.5, metavar="SECONDS", help="status poll interval")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")

@@ -6,6 +6,7 @@
     ├── ProtocolError                 the client broke the protocol (app.protocol); carries a close code
     ├── AdmissionRefused              no capacity for a new session (gateway answers HTTP 503)
     ├── BackendUnavailable            Redis or the broker cannot be reached
+    ├── MediaError (app.media)        an uploaded file that cannot be transcribed; carries its HTTP status
     └── EngineError                   worker side
         ├── ModelLoadError            the FunASR model could not be loaded
         ├── StreamStateLost           a chunk arrived for a stream whose model state this worker lacks
