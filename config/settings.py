@@ -61,6 +61,11 @@ class Settings:
         "auto", "Batched GEMMs bit-identical to FunASR's per-stream calls: auto (on for CPU float32), on, off"
     )
     autocast: str = _setting("", "CUDA only: run the batched model under autocast, float16 or bfloat16")
+    precision: str = _setting(
+        "fp32",
+        "CPU: fp32 (FunASR's texts, bit for bit) or int8 (Linear layers in int8 with per-row scales: several times "
+        "faster, each stream's texts independent of its batch, int8's texts rather than FunASR's)",
+    )
     encoder_chunk_look_back: int = _setting(4, "Default encoder look-back of the streaming model", "chunks")
     decoder_chunk_look_back: int = _setting(1, "Default decoder look-back of the streaming model", "chunks")
     vad_model: str = _setting(

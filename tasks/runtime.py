@@ -63,15 +63,20 @@ def build_recognizer(settings: Settings) -> StreamingRecognizer:
         from tasks.batched import BatchedParaformerRecognizer
 
         exact = {"auto": None, "on": True, "off": False}.get(settings.exact.lower())
-        if settings.exact.lower() not in ("auto", "on", "off") or settings.autocast not in ("", "float16", "bfloat16"):
+        if (
+            settings.exact.lower() not in ("auto", "on", "off")
+            or settings.autocast not in ("", "float16", "bfloat16")
+            or settings.precision not in ("fp32", "int8")
+        ):
             raise ModelLoadError(
-                f"ASR_EXACT={settings.exact!r} / ASR_AUTOCAST={settings.autocast!r}: "
-                "use auto|on|off and ''|float16|bfloat16"
+                f"ASR_EXACT={settings.exact!r} / ASR_AUTOCAST={settings.autocast!r} / "
+                f"ASR_PRECISION={settings.precision!r}: use auto|on|off, ''|float16|bfloat16 and fp32|int8"
             )
         recognizer = BatchedParaformerRecognizer.load(
             path,
             exact=exact,
             dtype=settings.autocast or None,
+            precision=settings.precision,
             device=settings.device,
             ncpu=settings.ncpu,
             revision=settings.model_revision,

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tasks.batched.int8 import Int8Linears
 from tasks.batched.layout import (
     KeptKV,
     Packing,
@@ -60,7 +61,7 @@ class DecoderChunk:
 class BatchedDecoder:
     """Runs FunASR's streaming Paraformer decoder over chunks of many streams (see module docstring)."""
 
-    def __init__(self, decoder: nn.Module, planner: RowPlanner | None) -> None:
+    def __init__(self, decoder: nn.Module, planner: RowPlanner | None, int8: Int8Linears | None = None) -> None:
         if decoder.num_blocks - decoder.att_layer_num > 1:
             raise NotImplementedError("decoders without cross-attention (decoders2) are not supported")
         fsmn = decoder.decoders[0].self_attn
@@ -69,6 +70,7 @@ class BatchedDecoder:
             raise NotImplementedError("only causal decoder FSMN blocks (sanm_shfit = (kernel - 1) / 2) are supported")
         self.decoder = decoder
         self.planner = planner
+        self.int8 = int8
         self.context = fsmn.kernel_size - 1
 
     def fresh(self) -> DecoderCache:
@@ -81,7 +83,8 @@ class BatchedDecoder:
         order = sort_by_key(keys)
         tokens = Packing([chunks[i].tokens.shape[0] for i in order], [keys[i] for i in order])
         frames = Packing([chunks[i].memory.shape[0] for i in order], [keys[i] for i in order])
-        token_rows, frame_rows = RowRouter(tokens.lengths, self.planner), RowRouter(frames.lengths, self.planner)
+        token_rows = RowRouter(tokens.lengths, self.planner, self.int8)
+        frame_rows = RowRouter(frames.lengths, self.planner, self.int8)
         x = torch.cat([chunks[i].tokens for i in order])
         memory = torch.cat([chunks[i].memory for i in order])
         fsmn_in = self._fsmn_states([chunks[i].cache for i in order], x)

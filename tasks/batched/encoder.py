@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tasks.batched.int8 import Int8Linears
 from tasks.batched.layout import (
     KeptKV,
     Packing,
@@ -73,7 +74,7 @@ class EncoderOutput:
 class BatchedEncoder:
     """Runs FunASR's streaming SAN-M encoder over chunks of many streams (see module docstring)."""
 
-    def __init__(self, encoder: nn.Module, planner: RowPlanner | None) -> None:
+    def __init__(self, encoder: nn.Module, planner: RowPlanner | None, int8: Int8Linears | None = None) -> None:
         from funasr.models.transformer.embedding import StreamSinusoidalPositionEncoder
 
         if not isinstance(encoder.embed, StreamSinusoidalPositionEncoder) or len(encoder.encoders0) != 1:
@@ -81,6 +82,7 @@ class BatchedEncoder:
         self.encoder = encoder
         self.layers: list[nn.Module] = [*encoder.encoders0, *encoder.encoders]
         self.planner = planner
+        self.int8 = int8
         self.scale = encoder.output_size() ** 0.5
         self.feat_dim = encoder.encoders0[0].in_size
 
@@ -94,7 +96,7 @@ class BatchedEncoder:
         order = sort_by_key(keys)
         packing = Packing([inputs[i].shape[0] for i in order], [keys[i] for i in order])
         x = torch.cat([inputs[i] for i in order])
-        router = RowRouter(packing.lengths, self.planner)
+        router = RowRouter(packing.lengths, self.planner, self.int8)
         kv_in = [stack_optional([chunks[i].cache.kv for i in order[run.streams]]) for run in packing.runs]
         kv_out: list[list[KeptKV]] = [[] for _ in packing.runs]
         for li, layer in enumerate(self.layers):

@@ -32,6 +32,7 @@ import torch
 from tasks.batched.decoder import BatchedDecoder, DecoderCache, DecoderChunk
 from tasks.batched.encoder import BatchedEncoder, EncoderCache, EncoderChunk
 from tasks.batched.frontend import BatchedFrontend, FrontendCache, FrontendChunk
+from tasks.batched.int8 import Int8Linears
 from tasks.batched.predictor import BatchedCif, CifCache, CifChunk
 from tasks.batched.rowexact import RowPlanner
 from tasks.options import SAMPLES_PER_CHUNK_UNIT, StreamOptions
@@ -93,8 +94,10 @@ class StepInput:
 class BatchedParaformer:
     """FunASR's ParaformerStreaming model (weights and modules) driven one step batch at a time.
 
-    ``planner`` turns on exact GEMM routing (:mod:`tasks.batched.rowexact`); ``dtype`` runs the encoder and decoder
-    under CUDA autocast; ``frontend_workers`` threads compute fbank features. Not thread-safe; :meth:`close` it.
+    ``planner`` turns on exact GEMM routing (:mod:`tasks.batched.rowexact`); ``int8`` runs the encoder's and
+    decoder's Linear layers as batch-invariant int8 GEMMs (:mod:`tasks.batched.int8`); ``dtype`` runs the encoder
+    and decoder under CUDA autocast; ``frontend_workers`` threads compute fbank features. Not thread-safe;
+    :meth:`close` it.
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class BatchedParaformer:
         planner: RowPlanner | None,
         dtype: torch.dtype | None = None,
         frontend_workers: int = 1,
+        int8: bool = False,
     ) -> None:
         if model.training:
             raise ValueError("the model must be in eval mode (dropout off)")
@@ -113,9 +117,11 @@ class BatchedParaformer:
             raise NotImplementedError("beam search (CTC/LM rescoring) is not supported; greedy decoding only")
         self.device = next(model.parameters()).device
         self.frontend = BatchedFrontend(frontend, frontend_workers)
-        self.encoder = BatchedEncoder(model.encoder, planner)
+        # int8: FunASR's export keeps the vocabulary projection (its only "output" MatMul here) in float
+        self.int8 = Int8Linears(keep=[model.decoder.output_layer]) if int8 else None
+        self.encoder = BatchedEncoder(model.encoder, planner, self.int8)
         self.cif = BatchedCif(model.predictor)
-        self.decoder = BatchedDecoder(model.decoder, planner)
+        self.decoder = BatchedDecoder(model.decoder, planner, self.int8)
         self.tokenizer = tokenizer
         self.hidden_size = model.encoder.output_size()
         self.skip_ids = {model.sos, model.eos, model.blank_id}

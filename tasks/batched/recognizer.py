@@ -64,9 +64,15 @@ class _Job:
     tokens: list[str]
 
 
+PRECISIONS = ("fp32", "int8")
+
+
 class BatchedParaformerRecognizer(StreamingRecognizer):
     """FunASR's streaming Paraformer, batched across streams, with FunASR's per-stream texts.
 
+    ``precision="int8"`` (CPU) runs the encoder's and decoder's Linear layers in int8 with per-row activation
+    scales (:mod:`tasks.batched.int8`): a stream's texts are bitwise the same whatever shares its batch, but they
+    are int8's texts, not FunASR's float32 ones; the float layers left stay exact.
     ``exact`` (default: on for CPU float32) reproduces FunASR's per-stream GEMM kernels bit for bit, so logits,
     and therefore texts, are identical; off, small-row GEMMs are batched too and logits may differ in the last
     bits (see :mod:`tasks.batched.rowexact`). ``dtype`` (``"float16"``/``"bfloat16"``, CUDA only) runs the encoder
@@ -82,11 +88,17 @@ class BatchedParaformerRecognizer(StreamingRecognizer):
         ncpu: int = 1,
         dtype: torch.dtype | None = None,
         exact: bool | None = None,
+        precision: str = "fp32",
         description: str = "",
     ) -> None:
         device = next(automodel.model.parameters()).device
         if dtype is not None and device.type != "cuda":
             raise ValueError(f"autocast dtype {dtype} is only supported on CUDA, not {device}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        if precision == "int8" and (device.type != "cpu" or dtype is not None):
+            raise ValueError("int8 runs on the CPU, without autocast")
+        self.precision = precision
         if exact is None:
             exact = device.type == "cpu" and dtype is None
         self.ncpu = ncpu
@@ -98,6 +110,7 @@ class BatchedParaformerRecognizer(StreamingRecognizer):
             planner=RowPlanner() if exact else None,
             dtype=dtype,
             frontend_workers=ncpu,
+            int8=precision == "int8",
         )
         self.description = description
 
@@ -111,12 +124,14 @@ class BatchedParaformerRecognizer(StreamingRecognizer):
         revision: str = "",
         dtype: str | torch.dtype | None = None,
         exact: bool | None = None,
+        precision: str = "fp32",
     ) -> BatchedParaformerRecognizer:
         """Load a FunASR model folder (or hub name) with :func:`~tasks.recognizer.load_automodel`."""
         torch_dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
         automodel = load_automodel(model, device=device, ncpu=ncpu, revision=revision)
-        recognizer = cls(automodel, ncpu=ncpu, dtype=torch_dtype, exact=exact)
+        recognizer = cls(automodel, ncpu=ncpu, dtype=torch_dtype, exact=exact, precision=precision)
         mode = ("exact" if recognizer.exact else "fast") + (f", {torch_dtype}" if torch_dtype else "")
+        mode += ", int8 (batch-invariant)" if precision == "int8" else ""
         recognizer.description = f"{model} on {device}, batched ({mode})"
         return recognizer
 

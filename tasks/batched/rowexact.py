@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tasks.batched.int8 import Int8Linears
+
 logger = logging.getLogger(__name__)
 
 #: Rows per thread from which an sgemm call is trusted to compute every row with the large kernel.
@@ -161,17 +163,23 @@ class RowRouter:
     """Applies Linear layers to a packed batch whose streams have ``lengths`` rows each (see module docstring).
 
     One router serves one batch; routes are cached per layer shape, so the 50 encoder layers share four.
-    ``planner=None`` turns routing off: one big GEMM per layer.
+    ``planner=None`` turns routing off: one big GEMM per layer. With ``int8``, the layers it quantizes run as
+    batch-invariant int8 GEMMs (:mod:`tasks.batched.int8`) and only the others are routed.
     """
 
-    def __init__(self, lengths: Sequence[int], planner: RowPlanner | None) -> None:
+    def __init__(self, lengths: Sequence[int], planner: RowPlanner | None, int8: Int8Linears | None = None) -> None:
         self.lengths = tuple(lengths)
         self.total = sum(self.lengths)
         self._planner = planner
+        self._int8 = int8
         self._routes: dict[tuple, _Route] = {}
 
     def __call__(self, layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         """``layer`` applied to packed rows ``x`` (R, in) → (R, out)."""
+        if self._int8 is not None:
+            quantized = self._int8.get(layer)
+            if quantized is not None:  # batch-invariant by construction (tasks.batched.int8): no routing needed
+                return quantized(x)
         if self._planner is None:
             return layer(x)
         key = _shape_key(layer)
