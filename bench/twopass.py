@@ -339,7 +339,8 @@ def main(argv: list[str] | None = None) -> None:
     logs.mkdir(parents=True, exist_ok=True)
     models = ensure_models(args)
     pcm = speech(SENTENCES, pause=2.5)  # FunASR's default dynamic end silence is 2 s early in a segment
-    sentences = reference_sentence_count(models, pcm)
+    # online mode sends no corrected sentences: keeping up is the end acknowledgement alone
+    sentences = 0 if args.mode == "online" else reference_sentence_count(models, pcm)
     print(f"clip: {len(pcm) / BYTES_PER_SECOND:.1f} s, {sentences} sentences by fsmn-vad; models: {models}")
     header = [
         "system",
