@@ -170,7 +170,11 @@ def _start_job(svc: Services, *, hotwords: str, language: str) -> tuple[str, Dec
     if refusal is not None:
         raise refusal
     settings = svc.settings
+    if not svc.uploads.acquire(blocking=False):
+        message = f"this gateway is receiving {settings.file_max_uploads} uploads already; try again shortly"
+        raise ApiError(503, "too_many_uploads", message, retry=settings.retry_after)
     with ExitStack() as stack:
+        stack.callback(svc.uploads.release)
         spool = Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="asr-upload-", dir=settings.file_tmp_dir or None))
         )

@@ -62,6 +62,7 @@ class Services:
     metrics: GatewayMetrics
     limits: Limits
     replay_budget: ReplayBudget
+    uploads: threading.BoundedSemaphore  # file uploads being received and decoded by this process (app.files)
     _backend: tuple[Snapshot | None, Backend] = (None, Backend())
 
     def backend(self) -> Backend:
@@ -101,6 +102,7 @@ class Services:
             metrics,
             Limits.from_settings(settings),
             budget,
+            threading.BoundedSemaphore(max(1, settings.file_max_uploads)),
         )
 
     def stop(self) -> None:

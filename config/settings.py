@@ -170,6 +170,11 @@ class Settings:
         "Longest audio one upload may decode to (413); its 16 kHz audio sits in Redis while it runs (115 MB/h)",
         "s",
     )
+    file_max_uploads: int = _setting(
+        4,
+        "Uploads one gateway process receives and decodes at once; more get 503 (bounds its disk: this many times "
+        "ASR_FILE_MAX_BYTES, plus their decoded audio)",
+    )
     file_max_jobs: int = _setting(
         8, "Unfinished file jobs across the service; past it new uploads get 503 (bounds Redis: jobs x max seconds)"
     )

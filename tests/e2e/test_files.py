@@ -229,6 +229,30 @@ def test_limits_answer_413(files):
         files.http, files.url = original
 
 
+def test_uploads_in_flight_are_bounded_per_gateway_and_a_dropped_one_frees_its_slot(files):
+    import socket
+    from urllib.parse import urlparse
+
+    original = files.http, files.url
+    files.start_gateway("one-upload", file_max_uploads=1)
+    address = urlparse(files.http)
+    try:
+        slow = socket.create_connection((address.hostname, address.port), timeout=10)
+        head = "POST /api/transcribe HTTP/1.1\r\nHost: x\r\nContent-Type: audio/wav\r\nContent-Length: 1000000\r\n\r\n"
+        slow.sendall(head.encode() + b"\x00" * 1000)  # an upload that stalls mid-body holds the only slot
+
+        def refused():
+            status, headers, body = upload(files.http, wav_bytes(speech_pcm()))
+            return status == 503 and json.loads(body)["error"]["code"] == "too_many_uploads" and headers["Retry-After"]
+
+        wait_until(refused, 10, what="the second upload to be refused")
+        slow.close()  # the client goes away: its slot is freed
+        wait_until(lambda: upload(files.http, wav_bytes(speech_pcm()))[0] == 200, 20, what="a slot to free up")
+    finally:
+        process(files, "one-upload").kill()
+        files.http, files.url = original
+
+
 def test_the_openai_client_round_trips_every_response_format(files, models, tmp_path):
     openai = pytest.importorskip("openai")
     pcm = speech_pcm()
