@@ -46,6 +46,12 @@ class _BackendCollector(Collector):
         yield _gauge("asr_pending_tasks", "Chunk tasks waiting in Redis (all gpu queues)", snap.pending)
         yield _gauge("asr_workers", "Workers with a live heartbeat", len(snap.workers))
         yield _gauge("asr_gateway_sessions", "Open WebSocket sessions in this gateway process", self.sessions())
+        files = snap.files
+        yield _gauge("asr_file_jobs", "File transcription jobs not finished (counted apart from live work)",
+                     files.get("jobs", 0))  # fmt: skip
+        yield _gauge("asr_file_audio_seconds_pending", "Audio seconds file jobs still have to transcribe",
+                     files.get("audio_seconds", 0.0))  # fmt: skip
+        yield _gauge("asr_file_segments_queued", "File sentences waiting for a worker", files.get("segments_queued", 0))
         depth = GaugeMetricFamily("asr_queue_depth", "Waiting tasks per queue", labels=["queue"])
         for queue, n in snap.queues.items():
             depth.add_metric([queue], n)

@@ -29,7 +29,8 @@ def exposition(metrics: GatewayMetrics) -> dict[tuple[str, tuple], float]:
 
 
 def test_exposition_names_build_process_and_the_workers_counters():
-    snapshot = Snapshot(taken_at=1.0, redis_error=None, queues={"gpu": 2}, workers=WORKERS)
+    files = {"jobs": 2, "audio_seconds": 61.5, "segments_queued": 7}
+    snapshot = Snapshot(taken_at=1.0, redis_error=None, queues={"gpu": 2}, workers=WORKERS, files=files)
     metrics = GatewayMetrics(lambda: snapshot, lambda: 5)
     metrics.sessions.inc()
     got = exposition(metrics)
@@ -43,6 +44,8 @@ def test_exposition_names_build_process_and_the_workers_counters():
     assert got[("asr_worker_chunks_total", worker)] / got[("asr_worker_batches_total", worker)] == 4.0
     assert got[("asr_worker_failures_total", worker)] == 2
     assert got[("asr_gateway_sessions", ())] == 5
+    assert (got[("asr_file_jobs", ())], got[("asr_file_segments_queued", ())]) == (2, 7)
+    assert got[("asr_file_audio_seconds_pending", ())] == 61.5
 
 
 @pytest.fixture
