@@ -79,10 +79,12 @@ def _store(svc: Services) -> FileJobStore:
     return FileJobStore(svc.redis, svc.settings.key_prefix, svc.settings.file_ttl)
 
 
-def _authorize(svc: Services) -> None:
+@bp.before_request
+def _authorize() -> None:
+    """Every file endpoint needs the API token when one is set."""
     from app.api import authorized
 
-    if not authorized(svc):
+    if not authorized(_services()):
         raise ApiError(401, "unauthorized", "a valid API token is required")
 
 
@@ -91,7 +93,6 @@ def _authorize(svc: Services) -> None:
 def transcribe():
     """Upload a file (multipart field ``file``, or the raw body); see the module docstring for the answers."""
     svc = _services()
-    _authorize(svc)
     fmt = _choice(_param("format", "json"), FORMATS, "format")
     hotwords = _hotwords(_param("hotwords", ""))
     wait = _param("async", "0").lower() not in ("1", "true", "yes")
@@ -106,9 +107,7 @@ def transcribe():
 @bp.get("/api/transcribe/<job>")
 def job_status(job: str):
     """A job's state and progress, with its result once done (``?format=`` renders it instead)."""
-    svc = _services()
-    _authorize(svc)
-    store = _store(svc)
+    store = _store(_services())
     record = _record(store, job)
     fmt = request.args.get("format")
     if fmt is not None:
@@ -125,9 +124,7 @@ def job_status(job: str):
 @bp.delete("/api/transcribe/<job>")
 def cancel(job: str):
     """Cancel a job: its audio and partial results are freed at once, its queued segments dropped."""
-    svc = _services()
-    _authorize(svc)
-    store = _store(svc)
+    store = _store(_services())
     record = _record(store, job)
     if not store.cancel(job):
         raise ApiError(409, "finished", f"job {job} is already {record['state']}")
@@ -140,7 +137,6 @@ def openai_transcriptions():
     recognizer), ``language``, ``prompt`` (its words bias the model as hotwords), ``response_format``
     (json, text, srt, verbose_json, vtt) and ``timestamp_granularities[]`` (segment, word)."""
     svc = _services()
-    _authorize(svc)
     fmt = _choice(_param("response_format", "json"), OPENAI_FORMATS, "response_format")
     granularities = request.form.getlist("timestamp_granularities[]") or request.form.getlist("timestamp_granularities")
     for value in granularities:
@@ -155,8 +151,6 @@ def openai_transcriptions():
 @bp.get("/v1/models")
 def openai_models():
     """OpenAI's model list: the one recognizer, for clients that check before they transcribe."""
-    svc = _services()
-    _authorize(svc)
     created = int(time.time())
     return jsonify(
         {"object": "list", "data": [{"id": "funasr", "object": "model", "created": created, "owned_by": "asr"}]}

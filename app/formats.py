@@ -33,6 +33,8 @@ from typing import Any
 import srt
 import webvtt
 
+from tasks.segments import PUNCTUATION  # the clause marks stamp_sents were cut at: units and times align
+
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = ("word", "segment")
 CONTENT_TYPES = {
@@ -58,8 +60,6 @@ LANGUAGE_NAMES = {"zh": "chinese", "en": "english", "yue": "cantonese", "ja": "j
 SEGMENT_DEFAULTS = {"temperature": 0.0, "avg_logprob": 0.0, "compression_ratio": 1.0, "no_speech_prob": 0.0}
 
 UNK = "<unk>"
-#: The clause marks of tasks.offline (PUNCTUATION there): the two must agree, or units and times misalign.
-PUNCTUATION = frozenset("，。？、！；：,.?!;:")
 _TOKEN = re.compile(r"<unk>|[A-Za-z0-9'@]+|\s+|\S")
 _ASCII_WORD = re.compile(r"[A-Za-z0-9'@]+")
 _SCRIPTS = (  # script → language, checked in this order (kanji alone reads as Chinese)

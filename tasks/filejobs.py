@@ -168,6 +168,10 @@ class FileJobStore:
             return None
         return {text_of(k): text_of(v) for k, v in raw.items()}
 
+    def state(self, job: str) -> str | None:
+        raw = self.client.hget(self.key(job), "state")
+        return None if raw is None else text_of(raw)
+
     def result(self, job: str) -> dict | None:
         raw = self.client.get(self.key(job, "result"))
         return json.loads(raw) if raw else None
@@ -194,15 +198,24 @@ class FileJobStore:
         return [j for j, s in zip(jobs, states) if s is not None and text_of(s) not in FINISHED]
 
     def backlog(self) -> dict[str, float]:
-        """Unfinished jobs and the audio seconds they still have to transcribe (for admission and /api/queue)."""
-        jobs = self.active()
+        """Unfinished jobs and the audio seconds they still have to transcribe (for admission and /api/queue):
+        one round trip for the job list and one for their counters, every monitor sample."""
+        jobs = [text_of(j) for j in self.client.zrange(self.jobs_key, 0, -1)]
+        if not jobs:
+            return {"jobs": 0, "audio_seconds": 0.0}
         pipe = self.client.pipeline(transaction=False)
         for job in jobs:
-            pipe.hmget(self.key(job), "samples", "audio_done_ms")
-        seconds = 0.0
-        for samples, done_ms in pipe.execute() if jobs else []:
+            pipe.hmget(self.key(job), "state", "samples", "audio_done_ms")
+        running, seconds, gone = 0, 0.0, []
+        for job, (state, samples, done_ms) in zip(jobs, pipe.execute()):
+            if state is None or text_of(state) in FINISHED:
+                gone.append(job)
+                continue
+            running += 1
             seconds += max(int(samples or 0) / 16000 - int(done_ms or 0) / 1000, 0.0)
-        return {"jobs": len(jobs), "audio_seconds": round(seconds, 3)}
+        if gone:
+            self.client.zrem(self.jobs_key, *gone)
+        return {"jobs": running, "audio_seconds": round(seconds, 3)}
 
     # --- worker side ----------------------------------------------------------------------------------------------
     def claim(self, kind: str, worker: str, timeout: float) -> Item | None:
@@ -257,7 +270,7 @@ class FileJobStore:
         workers start on them before the split ends. ``first == 0`` starts the list afresh (a split run again
         after its worker died finds the same sentences: the VAD is deterministic, and results already recorded
         stay). False if the job left ``splitting`` (cancelled)."""
-        if self.client.hget(self.key(job), "state") != b"splitting":
+        if self.state(job) != "splitting":
             return False
         key = self.key(job, "segments")
         pipe = self.client.pipeline()

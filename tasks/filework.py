@@ -152,7 +152,8 @@ class FileWork:
     # --- segments -------------------------------------------------------------------------------------------------
     def _submit(self, item: Item, held: dict[Item, tuple[Pending, int, int]]) -> None:
         state, hotwords = self.store.client.hmget(self.store.key(item.job), "state", "hotwords")
-        bounds = self.store.segment(item.job, item.index) if state in (b"splitting", b"transcribing") else None
+        live = state is not None and text_of(state) in ("splitting", "transcribing")
+        bounds = self.store.segment(item.job, item.index) if live else None
         audio = self.store.read_audio(item.job, bounds[0] * 16, bounds[1] * 16) if bounds else b""
         if not audio:  # cancelled, failed or expired: nothing to do
             self.store.done("todo", self.worker_id, item)

@@ -37,12 +37,12 @@ from tasks.batched.offline_encoder import PackedOfflineEncoder, packable
 from tasks.batched.rowexact import RowPlanner
 from tasks.errors import EngineError, RecognitionFailed
 from tasks.recognizer import load_automodel
+from tasks.segments import (
+    PUNCTUATION,
+)  # each closes one ``stamp_sents`` entry, like FunASR's C++ TimestampIsPunctuation
 
 logger = logging.getLogger(__name__)
 
-#: Sentence-ending and clause marks of the punctuation models (``punc_list`` of the ct-punc configs) and their
-#: ASCII forms: each closes one ``stamp_sents`` entry, like FunASR's C++ ``TimestampIsPunctuation``.
-PUNCTUATION = frozenset("，。？、！；：,.?!;:")
 
 #: Word units of a punctuated text: an ASCII word or number is one unit, any other non-space character is one.
 #: ``<unk>`` is a punctuation class of the ct-punc models that FunASR writes into the text; it marks nothing.

@@ -20,6 +20,10 @@ from tasks.wire import MAX_SENTENCE_SECONDS
 
 MAX_SENTENCE_MS = MAX_SENTENCE_SECONDS * 1000
 
+#: Sentence-ending and clause marks of the punctuation models (``punc_list`` of the ct-punc configs) and their
+#: ASCII forms: each closes a clause (``stamp_sents`` in tasks.offline, subtitle cues and words in app.formats).
+PUNCTUATION = frozenset("，。？、！；：,.?!;:")
+
 
 class Segmenter:
     """Sentence boundaries of one utterance, chunk by chunk (see the module docstring)."""

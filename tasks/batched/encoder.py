@@ -22,8 +22,9 @@ Caches are immutable :class:`EncoderCache` values; a call returns new ones and n
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -137,21 +138,14 @@ class BatchedEncoder:
         self, layer: nn.Module, x: torch.Tensor, packing: Packing, router: RowRouter, kv: list[torch.Tensor | None]
     ) -> tuple[torch.Tensor, list[KeptKV]]:
         """``EncoderLayerSANM.forward_chunk`` on packed rows."""
-        residual = x
-        if layer.normalize_before:
-            x = layer.norm1(x)
-        attn, new_kv = self._attention(layer.self_attn, x, packing, router, kv)
-        x = residual + attn if layer.in_size == layer.size else attn
-        if not layer.normalize_before:
-            x = layer.norm1(x)
-        residual = x
-        if layer.normalize_before:
-            x = layer.norm2(x)
-        ff = layer.feed_forward  # w_2(dropout(activation(w_1(x)))); dropout is the identity in eval mode
-        x = residual + router(ff.w_2, ff.activation(router(ff.w_1, x)))
-        if not layer.normalize_before:
-            x = layer.norm2(x)
-        return x, new_kv
+        kept: list[KeptKV] = []
+
+        def attend(rows: torch.Tensor) -> torch.Tensor:
+            out, new_kv = self._attention(layer.self_attn, rows, packing, router, kv)
+            kept.extend(new_kv)
+            return out
+
+        return sanm_layer(layer, x, router, attend), kept
 
     def _attention(
         self, attn: nn.Module, x: torch.Tensor, packing: Packing, router: RowRouter, kv: list[torch.Tensor | None]
@@ -194,6 +188,26 @@ class BatchedEncoder:
                 kvs[i] = per_stream_kv(per_layer, j)  # its own storage: no batch-wide tensor outlives the call
         caches = [EncoderCache(start_idx=s, feats=f.clone(), kv=kv) for s, f, kv in zip(starts, feats, kvs)]
         return EncoderOutput(rows=x, spans=spans, caches=caches)
+
+
+def sanm_layer(layer: Any, x: torch.Tensor, router: RowRouter, attend: Callable[[torch.Tensor], torch.Tensor]):
+    """An ``EncoderLayerSANM`` on packed rows in eval mode (dropout and stochastic depth are the identity): its
+    norms, residuals and feed-forward around ``attend``, its self-attention (streaming or offline)."""
+    residual = x
+    if layer.normalize_before:
+        x = layer.norm1(x)
+    attn = attend(x)
+    x = residual + attn if layer.in_size == layer.size else attn
+    if not layer.normalize_before:
+        x = layer.norm1(x)
+    residual = x
+    if layer.normalize_before:
+        x = layer.norm2(x)
+    ff = layer.feed_forward  # w_2(dropout(activation(w_1(x))))
+    x = residual + router(ff.w_2, ff.activation(router(ff.w_1, x)))
+    if not layer.normalize_before:
+        x = layer.norm2(x)
+    return x
 
 
 def _run_key(chunk: EncoderChunk, x: torch.Tensor) -> tuple:

@@ -22,11 +22,13 @@ model's encoder is one.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from tasks.batched.encoder import sanm_layer
 from tasks.batched.rowexact import RowPlanner, RowRouter
 
 
@@ -80,30 +82,13 @@ class PackedOfflineEncoder:
         x = torch.cat([self.encoder.embed(f[None] * self.scale)[0] for f in feats])
         router = RowRouter(lengths, self.planner)
         for layer in self.layers:
-            x = self._layer(layer, x, lengths, router)
+            attend = functools.partial(self._attention, layer.self_attn, lengths=lengths, router=router)
+            x = sanm_layer(layer, x, router, attend)
         if self.encoder.normalize_before:
             x = self.encoder.after_norm(x)
         return [part.clone() for part in x.split(lengths)]
 
-    def _layer(self, layer: Any, x: torch.Tensor, lengths: list[int], router: RowRouter) -> torch.Tensor:
-        """``EncoderLayerSANM.forward`` in eval mode (dropout and stochastic depth off) on packed rows."""
-        residual = x
-        if layer.normalize_before:
-            x = layer.norm1(x)
-        attn = self._attention(layer.self_attn, x, lengths, router)
-        x = residual + attn if layer.in_size == layer.size else attn
-        if not layer.normalize_before:
-            x = layer.norm1(x)
-        residual = x
-        if layer.normalize_before:
-            x = layer.norm2(x)
-        ff = layer.feed_forward  # w_2(dropout(activation(w_1(x))))
-        x = residual + router(ff.w_2, ff.activation(router(ff.w_1, x)))
-        if not layer.normalize_before:
-            x = layer.norm2(x)
-        return x
-
-    def _attention(self, attn: Any, x: torch.Tensor, lengths: list[int], router: RowRouter) -> torch.Tensor:
+    def _attention(self, attn: Any, x: torch.Tensor, *, lengths: list[int], router: RowRouter) -> torch.Tensor:
         """``MultiHeadedAttentionSANM.forward`` with an all-true mask: attention and FSMN per utterance."""
         qkv = router(attn.linear_q_k_v, x)
         contexts, memories = [], []
