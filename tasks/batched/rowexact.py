@@ -163,7 +163,8 @@ class RowRouter:
     """Applies Linear layers to a packed batch whose streams have ``lengths`` rows each (see module docstring).
 
     One router serves one batch; routes are cached per layer shape, so the 50 encoder layers share four.
-    ``planner=None`` turns routing off: one big GEMM per layer. With ``int8``, the layers it quantizes run as
+    ``planner=None`` turns routing off: one big GEMM per layer. A batch of one stream makes the call FunASR makes
+    (no routing, no padding: nothing to share a weight read with). With ``int8``, the layers it quantizes run as
     batch-invariant int8 GEMMs (:mod:`tasks.batched.int8`) and only the others are routed.
     """
 
@@ -182,6 +183,8 @@ class RowRouter:
                 return quantized(x)
         if self._planner is None:
             return layer(x)
+        if len(self.lengths) == 1:  # one stream: its own call is exact by definition, and the cheapest
+            return layer(x.unsqueeze(0))[0]
         key = _shape_key(layer)
         if key not in self._routes:
             self._routes[key] = self._route(layer, self._planner)

@@ -309,6 +309,22 @@ def test_row_router_reproduces_per_stream_linear_calls(threads: int) -> None:
             assert torch.equal(got, expected), lengths
 
 
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+def test_row_router_gives_a_lone_stream_one_call_like_funasr(threads: int) -> None:
+    """At B = 1 there is no weight read to share: routing must not split a stream's rows into pair/GEMV calls."""
+    layer = torch.nn.Linear(512, 512)
+    calls: list[tuple[int, ...]] = []
+    layer.register_forward_hook(lambda module, args, out: calls.append(tuple(args[0].shape)))
+    gen = torch.Generator().manual_seed(3)
+    for m in range(1, 14):
+        x = torch.randn(m, 512, generator=gen)
+        calls.clear()
+        with torch.inference_mode():
+            got = RowRouter([m], RowPlanner())(layer, x)
+        assert calls == [(1, m, 512)], (m, calls)
+        assert torch.equal(got, layer(x[None])[0])
+
+
 # --- failure contract --------------------------------------------------------------------------------------------
 
 
