@@ -51,12 +51,12 @@ class QuantizedLinear:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The layer on rows ``x`` (..., in), each row quantized on its own (module docstring)."""
         rows = x.reshape(-1, x.shape[-1]).float()
-        amax = rows.abs().amax(dim=1, keepdim=True)
+        amax = torch.linalg.vector_norm(rows, float("inf"), dim=1, keepdim=True)  # max |x|, one pass
         scale = torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
-        q = torch.round(rows / scale).clamp(-QMAX, QMAX).to(torch.int8)
-        out = torch._int_mm(q, self.weight).float() * scale * self.scale
+        q = torch.div(rows, scale).round_().clamp_(-QMAX, QMAX).to(torch.int8)
+        out = torch._int_mm(q, self.weight).float().mul_(scale).mul_(self.scale)  # in place: one (M, N) buffer
         if self.bias is not None:
-            out = out + self.bias
+            out.add_(self.bias)
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
