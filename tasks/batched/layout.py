@@ -107,6 +107,8 @@ def stack_optional(tensors: Sequence[torch.Tensor | None]) -> torch.Tensor | Non
     """The caches of a run's streams (all None, or all of one shape) as one batch tensor."""
     if tensors[0] is None:
         return None
+    if len(tensors) == 1:  # a view: caches are never written to, and a lone stream's need no copy
+        return tensors[0].unsqueeze(0)
     return torch.stack(list(tensors))  # type: ignore[arg-type]
 
 
