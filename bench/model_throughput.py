@@ -4,7 +4,8 @@ Both recognizers get the same streams: each stream is a sequence of utterances (
 loudness, the last chunk final and of a random size class: full, partial, under 960 samples, or empty). Stream k
 joins k % STAGGER rounds late, so in the timed rounds the streams sit at different chunk indices, some starting an
 utterance, some ending one. For each batch size B the batched recognizer runs streams 0..B-1 in rounds of one
-chunk per stream; the first rounds (stagger + warm-up) are not timed. FunASR's path runs every stream alone,
+chunk per stream; the first rounds (stagger + warm-up) are not timed, and small batch sizes repeat the whole run
+(fresh streams) until ``--min-chunks`` stream-chunks are timed. FunASR's path runs every stream alone,
 chunk by chunk, which gives both its speed and the reference texts. Every text the batched path produced is
 compared with the reference: the run ends with PASS or FAIL.
 
@@ -21,6 +22,18 @@ with FunASR's float32 texts (identical stream-chunk texts, and the character edi
 share of the reference's characters) and checks batch invariance: every stream's texts must be the same at every
 batch size (PASS/FAIL). With random weights agreement is pessimistic: no training made the logits confident, so
 near-ties between tokens are common and small int8 rounding flips them far more often than in a trained model.
+
+With ``--funasr-onnx`` (``int8``, the default, ``fp32`` or ``int8,fp32``) FunASR's own CPU deployment path runs too,
+after the reference and like it unbatched: the model exported by FunASR's ONNX export and run by funasr-onnx
+(bench/onnx_peer.py, which also says why even its fp32 texts differ from the reference's). One line per variant:
+its speed, and its agreement with FunASR's float32 texts as above. Its dependencies are in requirements-bench.txt.
+
+    python -m bench.model_throughput --batches 1,8 --funasr-onnx int8,fp32
+    python -m bench.model_throughput --precision int8 --look-back 0,0 --funasr-onnx int8,fp32   # like for like
+
+funasr-onnx attends to no earlier chunk, so ``--look-back 0,0`` (encoder, decoder chunks; default 4,1 as FunASR's
+clients send) runs every path without look-back: the same work, and funasr-onnx's fp32 texts equal the
+reference's.
 """
 
 from __future__ import annotations
@@ -28,10 +41,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -143,22 +157,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batches", default="1,2,4,8,16,32,64", help="comma-separated batch sizes")
     parser.add_argument("--rounds", type=int, default=4, help="timed rounds per batch size")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds after the stagger")
+    parser.add_argument(
+        "--min-chunks", type=int, default=24, help="repeat a batch size's run until this many stream-chunks are timed"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--ncpu", type=int, default=2)
     parser.add_argument("--dtype", choices=["float16", "bfloat16"], help="autocast dtype for the batched path (CUDA)")
     parser.add_argument("--fast", action="store_true", help="batched path without exact GEMM routing")
     parser.add_argument("--precision", choices=["fp32", "int8"], default="fp32", help="the batched path's Linears")
     parser.add_argument("--parity-streams", type=int, help="run the unbatched reference on only this many streams")
+    parser.add_argument(
+        "--funasr-onnx", nargs="?", const="int8", help="also run FunASR's ONNX export: int8 (default), fp32 or both"
+    )
+    parser.add_argument("--look-back", default="4,1", help="encoder,decoder look-back chunks for every path")
     parser.add_argument("--out", help="write the results as JSON here")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.funasr_onnx and not set(args.funasr_onnx.split(",")) <= {"int8", "fp32"}:
+        parser.error("--funasr-onnx takes int8, fp32 or int8,fp32")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     from tasks.batched import BatchedParaformerRecognizer
     from tasks.recognizer import FunASRStreamingRecognizer
 
+    global OPTIONS
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    encoder_look_back, decoder_look_back = (int(n) for n in args.look_back.split(","))
+    OPTIONS = replace(OPTIONS, encoder_chunk_look_back=encoder_look_back, decoder_chunk_look_back=decoder_look_back)
     batches = [int(b) for b in args.batches.split(",")]
     model = Path(args.model) if args.model else ROOT / "models" / args.size
     if not (model / "model.pt").exists():
@@ -169,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     reference_streams = streams[: args.parity_streams or len(streams)]
 
     print(
-        f"model {model} | device {args.device} | ncpu {args.ncpu} | rounds {args.rounds} timed "
+        f"model {model} | device {args.device} | ncpu {args.ncpu} | look-back {args.look_back} | "
+        f"rounds {args.rounds} timed "
         f"(+{STAGGER + args.warmup} untimed) | batched: {'fast' if args.fast else 'exact'} GEMMs, {args.precision}"
         f"{f', autocast {args.dtype}' if args.dtype else ''}",
         flush=True,
@@ -185,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         f"real-time streams",
         flush=True,
     )
+    peers = run_onnx_peer(args, model, reference_streams, rounds, expected, baseline) if args.funasr_onnx else None
 
     batched = BatchedParaformerRecognizer.load(
         str(model),
@@ -199,7 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     variant = []
     print(HEADER, flush=True)
     for batch in batches:
-        texts, seconds = run_batched(batched, streams[:batch], rounds, STAGGER + args.warmup)
+        seconds = []
+        for _ in range(max(1, math.ceil(args.min_chunks / (batch * args.rounds)))):  # small B: repeat the run
+            texts, timed = run_batched(batched, streams[:batch], rounds, STAGGER + args.warmup)
+            seconds += timed
         rows.append(row(batch, seconds, baseline))
         for k, (got, want) in enumerate(zip(texts, expected[:batch])):
             compared += len(want)
@@ -209,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                 variant.append((batch, k))
         print(format_row(rows[-1]), flush=True)
     if args.precision == "int8":
-        return report_int8(args, rows, mismatches, compared, variant, expected, seen)
+        return report_int8(args, rows, variant, expected, seen, peers)
     verdict = "PASS" if not mismatches else "FAIL"
     print(f"parity: {verdict} ({compared} stream-chunk texts compared, {len(mismatches)} differ)")
     for batch, k, j, want, got in mismatches[:10]:
@@ -225,27 +257,69 @@ def main(argv: list[str] | None = None) -> int:
             "unbatched": unbatched,
             "batched": rows,
             "parity": {"verdict": verdict, "compared": compared, "mismatches": len(mismatches)},
+            "funasr_onnx": peers,
         }
         Path(args.out).write_text(json.dumps(result, indent=2))
     return 0 if not mismatches else 1
 
 
-def report_int8(args, rows, mismatches, compared, variant, expected, texts) -> int:
-    """Agreement of int8's texts with FunASR's float32 ones, and batch invariance (module docstring)."""
-    from rapidfuzz.distance import Levenshtein
+def report_int8(args, rows, variant, expected, texts, peers=None) -> int:
+    """Agreement of int8's texts with FunASR's float32 ones, and batch invariance (module docstring).
 
-    reference = [t for stream in expected for t in stream]
-    got = [t for k in sorted(texts) if k < len(expected) for t in texts[k]]
-    edits = sum(Levenshtein.distance(g, w) for g, w in zip(got, reference))
-    chars = sum(len(w) for w in reference) or 1
-    same = compared - len(mismatches)
+    Each stream counts once: its texts are the same at every batch size (the invariance check), so agreement is
+    taken from the first batch size that ran it.
+    """
+    a = agreement([texts[k] for k in sorted(texts) if k < len(expected)], expected)
     verdict = "PASS" if not variant else "FAIL"
-    print(f"int8 vs float32: {same}/{compared} stream-chunk texts identical, character edit distance {edits}/{chars}")
+    print(
+        f"int8 vs float32: {a['identical']}/{a['compared']} stream-chunk texts identical, "
+        f"character edit distance {a['edits']}/{a['chars']}"
+    )
     print(f"int8 batch invariance: {verdict} (every stream's texts equal at every batch size; {len(variant)} differ)")
     if args.out:
-        result = {"precision": "int8", "batched": rows, "identical": same, "compared": compared, "edits": edits}
-        Path(args.out).write_text(json.dumps({**result, "chars": chars, "invariant": not variant}, indent=2))
+        result = {"precision": "int8", "batched": rows, **a, "invariant": not variant, "funasr_onnx": peers}
+        Path(args.out).write_text(json.dumps(result, indent=2))
     return 0 if not variant else 1
+
+
+def run_onnx_peer(args, model: Path, streams, rounds: int, expected, baseline: float) -> list[dict]:
+    """FunASR's ONNX export run by funasr-onnx, unbatched, per variant: speed and agreement with the reference."""
+    from bench.onnx_peer import FunASROnnxRecognizer, export_quantized
+
+    folder = export_quantized(model, ncpu=args.ncpu)
+    results, texts = [], {}
+    for precision in args.funasr_onnx.split(","):
+        peer = FunASROnnxRecognizer(folder, quantize=precision == "int8", ncpu=args.ncpu)
+        texts[precision], seconds = run_unbatched(peer, streams, rounds)
+        peer.close()
+        r = {"precision": precision, **row(1, seconds, baseline), **agreement(texts[precision], expected)}
+        results.append(r)
+        print(
+            f"funasr-onnx {precision}: {r['chunks_per_s']:.2f} chunks/s, {r['batch_ms_p50']:.0f} ms p50, "
+            f"{r['batch_ms_p95']:.0f} ms p95 per chunk, {r['max_realtime_streams']:.1f} real-time streams, "
+            f"{r['vs_unbatched']:.2f}x FunASR generate; vs FunASR float32: {r['identical']}/{r['compared']} "
+            f"stream-chunk texts identical, character edit distance {r['edits']}/{r['chars']}",
+            flush=True,
+        )
+    if len(texts) == 2:  # int8 rounding alone, without funasr-onnx's other differences from the reference
+        a = agreement(texts["int8"], texts["fp32"])
+        print(
+            f"funasr-onnx int8 vs its fp32: {a['identical']}/{a['compared']} identical, edits {a['edits']}/{a['chars']}"
+        )
+    return results
+
+
+def agreement(got: list[list[str]], expected: list[list[str]]) -> dict:
+    """Identical stream-chunk texts and the character edit distance over all of them, against ``expected``."""
+    from rapidfuzz.distance import Levenshtein
+
+    pairs = [(g, w) for gs, ws in zip(got, expected) for g, w in zip(gs, ws)]
+    return {
+        "identical": sum(g == w for g, w in pairs),
+        "compared": len(pairs),
+        "edits": sum(Levenshtein.distance(g, w) for g, w in pairs),
+        "chars": sum(len(w) for _, w in pairs) or 1,
+    }
 
 
 if __name__ == "__main__":
