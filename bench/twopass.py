@@ -8,6 +8,13 @@ seconds after its last frame (FACTS.md's 1.5 s: the last sentence's correction i
 corrected sentence for every sentence FunASR's VAD finds alone. Levels go up until one fails.
 
     python -m bench.twopass --size full --streams 1,2,3,4,6,8 --funasr-clone /path/to/FunASR
+    python -m bench.twopass --size full --mode online --clip-seconds 20 --precisions fp32,int8 \
+        --streams 1,2,3,4,5,6,8,10,12,14,16,20,24,30 --funasr-clone /path/to/FunASR   # the README's headline
+
+``--precisions`` runs ours once per ``ASR_PRECISION`` (a fresh worker each), in the same run as the peer, which
+runs FunASR's float32 PyTorch models (its Python server has no int8 path; FunASR's int8 runtime is compared at
+the model level, ``bench.model_throughput --funasr-onnx``). ``--clip-seconds`` cuts the clip to that length (the
+sentence count is then the VAD's on the cut clip); online mode needs no sentences.
 
 Ours is one worker (``--concurrency``, ``ASR_NCPU``) and one gateway, as ``make run`` starts them, on the Redis at
 ``--redis``. The peer is ``runtime/python/websocket/funasr_wss_server.py`` from the clone, run unchanged by
@@ -160,7 +167,7 @@ def port_open(port: int) -> bool:
 class Ours:
     """One worker and one gateway, as ``make run`` starts them."""
 
-    def __init__(self, args, models: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, args, models: dict[str, str], log_dir: Path, precision: str = "fp32") -> None:
         self.port = free_port()
         tag = uuid.uuid4().hex[:6]
         self.env = dict(
@@ -173,6 +180,7 @@ class Ours:
             ASR_OFFLINE_MODEL=models["offline"],
             ASR_PUNC_MODEL=models["punc"],
             ASR_NCPU=str(args.ncpu),
+            ASR_PRECISION=precision,
             ASR_BIND=f"127.0.0.1:{self.port}",
             ASR_MAX_SESSIONS_PER_CLIENT="0",
             PYTHONPATH=str(ROOT),
@@ -181,7 +189,7 @@ class Ours:
         self.procs: list[subprocess.Popen] = []
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        log = (self.logs / f"ours-{name}.log").open("ab")
+        log = (self.logs / f"ours-{self.env['ASR_PRECISION']}-{name}.log").open("ab")
         self.procs.append(
             subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         )
@@ -323,6 +331,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--streams", default="1,2,3,4,6,8,12,16", help="levels (comma-separated), ascending")
     parser.add_argument("--funasr-clone", help="a FunASR checkout: run its Python server as the peer")
     parser.add_argument("--only", choices=("ours", "funasr"), help="run one side only")
+    parser.add_argument("--precisions", default="", help="ours once per ASR_PRECISION, e.g. fp32,int8 (default: env)")
+    parser.add_argument("--clip-seconds", type=float, help="cut the clip to this many seconds (default: all 32 s)")
     parser.add_argument("--online", help="streaming model folder (default: generated)")
     parser.add_argument("--offline", help="offline model folder (default: generated)")
     parser.add_argument("--punc", help="punctuation model folder (default: generated)")
@@ -339,6 +349,8 @@ def main(argv: list[str] | None = None) -> None:
     logs.mkdir(parents=True, exist_ok=True)
     models = ensure_models(args)
     pcm = speech(SENTENCES, pause=2.5)  # FunASR's default dynamic end silence is 2 s early in a segment
+    if args.clip_seconds:
+        pcm = pcm[: int(args.clip_seconds * BYTES_PER_SECOND) // FRAME_BYTES * FRAME_BYTES]
     # online mode sends no corrected sentences: keeping up is the end acknowledgement alone
     sentences = 0 if args.mode == "online" else reference_sentence_count(models, pcm)
     print(f"clip: {len(pcm) / BYTES_PER_SECOND:.1f} s, {sentences} sentences by fsmn-vad; models: {models}")
@@ -353,10 +365,12 @@ def main(argv: list[str] | None = None) -> None:
         "errors",
     ]
     rows: list[list] = []
-    if args.only != "funasr":
-        ours = Ours(args, models, logs)
+    precisions = [p for p in args.precisions.split(",") if p] or [os.environ.get("ASR_PRECISION") or "fp32"]
+    for precision in precisions if args.only != "funasr" else []:
+        ours = Ours(args, models, logs, precision)
         try:
-            rows += measure("this service", ours.start(args.concurrency), args, pcm, sentences)
+            name = "this service" + (f" ({precision})" if args.precisions else "")
+            rows += measure(name, ours.start(args.concurrency), args, pcm, sentences)
         finally:
             ours.stop()
     if args.funasr_clone and args.only != "ours":
@@ -373,8 +387,9 @@ def main(argv: list[str] | None = None) -> None:
         if kept == n:
             best[row[0]] = max(best.get(row[0], 0), n)
     line = ", ".join(f"{k}: {v} streams" for k, v in best.items())
-    if "this service" in best and best.get("FunASR server"):
-        line += f" — ratio {best['this service'] / best['FunASR server']:.1f}×"
+    if best.get("FunASR server"):
+        ratios = [f"{k} {v / best['FunASR server']:.1f}×" for k, v in best.items() if k != "FunASR server"]
+        line += f" — vs FunASR server: {', '.join(ratios)}" if ratios else ""
     print(f"\nkeeps up ({args.mode}, {args.size}, budget {args.budget} s): {line}")
 
 
