@@ -10,7 +10,9 @@ chunk by chunk, which gives both its speed and the reference texts. Every text t
 compared with the reference: the run ends with PASS or FAIL.
 
 Columns: B; stream-chunks/s (B / mean round time); p50 / p95 milliseconds per round (one batch); max real-time
-streams (= stream-chunks/s x chunk duration, 0.6 s for chunk_size [5, 10, 5]); speed-up over unbatched.
+streams (= stream-chunks/s x chunk duration, 0.6 s for chunk_size [5, 10, 5]); speed-up over unbatched, against
+FunASR's time on exactly the stream-chunks that batch size timed (its whole-stream mean when ``--parity-streams``
+ran fewer streams than B).
 
     python -m bench.model_throughput                          # full model (generated if missing), CPU, ncpu 2
     python -m bench.model_throughput --size tiny --batches 1,4,16
@@ -34,6 +36,10 @@ its speed, and its agreement with FunASR's float32 texts as above. Its dependenc
 funasr-onnx attends to no earlier chunk, so ``--look-back 0,0`` (encoder, decoder chunks; default 4,1 as FunASR's
 clients send) runs every path without look-back: the same work, and funasr-onnx's fp32 texts equal the
 reference's.
+
+With B=1 among the batch sizes, ``--interleaved`` streams also run through FunASR and the batched path chunk by
+chunk in alternating order: on a shared machine whose speed drifts between the two timed runs, the median of the
+per-chunk ratios is the robust answer to "is one stream slower than FunASR?".
 """
 
 from __future__ import annotations
@@ -128,6 +134,56 @@ def run_batched(
     return texts, seconds
 
 
+def run_interleaved(reference: StreamingRecognizer, batched: StreamingRecognizer, streams: list[Stream], rounds: int):
+    """One stream at a time through both paths, chunk by chunk in alternating order: the B=1 ratio that machine
+    drift between the two runs above cannot bias. Prints and returns the medians."""
+    ref_s: list[float] = []
+    ours_s: list[float] = []
+    for k, stream in enumerate(streams):
+        states = (reference.open_stream(OPTIONS), batched.open_stream(OPTIONS))
+        for j, (audio, final) in enumerate(stream.chunks[: rounds - stream.start]):
+            for side in (0, 1) if (j + k) % 2 == 0 else (1, 0):
+                t0 = time.perf_counter()
+                (reference, batched)[side].process([ChunkWork(states[side], audio, final)])
+                (ref_s, ours_s)[side].append(time.perf_counter() - t0)
+    if not ref_s:
+        return None
+    ratio = statistics.median(r / o for r, o in zip(ref_s, ours_s))
+    result = {
+        "chunks": len(ref_s),
+        "funasr_ms_median": 1000 * statistics.median(ref_s),
+        "batched_ms_median": 1000 * statistics.median(ours_s),
+        "speed_vs_funasr_median": ratio,
+    }
+    print(
+        f"B=1 interleaved with FunASR generate ({len(ref_s)} chunks): FunASR {result['funasr_ms_median']:.0f} ms, "
+        f"batched {result['batched_ms_median']:.0f} ms median per chunk; per-chunk speed ratio median {ratio:.2f}x",
+        flush=True,
+    )
+    return result
+
+
+def per_stream_seconds(seconds: list[float], streams: list[Stream], rounds: int) -> list[list[float]]:
+    """run_unbatched's flat per-call seconds split back into each stream's chunks (chunk j of stream k is round
+    ``start + j``)."""
+    out, i = [], 0
+    for stream in streams:
+        n = len(stream.chunks[: rounds - stream.start])
+        out.append(seconds[i : i + n])
+        i += n
+    return out
+
+
+def same_work_baseline(per_chunk: list[list[float]], batch: int, untimed: int) -> float | None:
+    """FunASR's chunks/s on exactly the stream-chunks the batched run times at this batch size (streams < B,
+    rounds >= ``untimed``): the stagger leaves early, cheaper chunks (short look-back) out of the timed rounds, so
+    comparing with FunASR's mean over whole streams would favour FunASR. None if the reference ran fewer streams."""
+    if batch > len(per_chunk):
+        return None
+    timed = [t for k in range(batch) for t in per_chunk[k][max(0, untimed - k % STAGGER) :]]
+    return 1 / statistics.mean(timed) if timed else None
+
+
 def row(batch: int, seconds: list[float], baseline: float | None) -> dict:
     per_second = batch / statistics.mean(seconds)
     return {
@@ -169,6 +225,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--funasr-onnx", nargs="?", const="int8", help="also run FunASR's ONNX export: int8 (default), fp32 or both"
     )
+    parser.add_argument(
+        "--interleaved", type=int, default=8, help="streams for the B=1 comparison interleaved with FunASR (0: off)"
+    )
     parser.add_argument("--look-back", default="4,1", help="encoder,decoder look-back chunks for every path")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
@@ -192,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"generating the {args.size} model into {model} …", flush=True)
         generate(model, args.size)
     rounds = STAGGER + args.warmup + args.rounds
-    streams = make_streams(max(batches), rounds)
+    streams = make_streams(max(*batches, args.interleaved), rounds)
     reference_streams = streams[: args.parity_streams or len(streams)]
 
     print(
@@ -204,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     reference = FunASRStreamingRecognizer.load(str(model), device=args.device, ncpu=args.ncpu)
     expected, seconds = run_unbatched(reference, reference_streams, rounds)
-    reference.close()
+    per_chunk = per_stream_seconds(seconds, reference_streams, rounds)
     baseline = 1 / statistics.mean(seconds)
     unbatched = row(1, seconds, None)
     print(
@@ -223,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         exact=False if args.fast else None,
         precision=args.precision,
     )
+    lone = run_interleaved(reference, batched, streams[: args.interleaved], rounds) if 1 in batches else None
+    reference.close()
     rows, compared, mismatches = [], 0, []
     seen: dict[int, list[str]] = {}  # stream → its texts at the first batch size that ran it
     variant = []
@@ -232,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(max(1, math.ceil(args.min_chunks / (batch * args.rounds)))):  # small B: repeat the run
             texts, timed = run_batched(batched, streams[:batch], rounds, STAGGER + args.warmup)
             seconds += timed
-        rows.append(row(batch, seconds, baseline))
+        rows.append(row(batch, seconds, same_work_baseline(per_chunk, batch, STAGGER + args.warmup) or baseline))
         for k, (got, want) in enumerate(zip(texts, expected[:batch])):
             compared += len(want)
             mismatches += [(batch, k, j, w, g) for j, (g, w) in enumerate(zip(got, want)) if g != w]
@@ -241,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                 variant.append((batch, k))
         print(format_row(rows[-1]), flush=True)
     if args.precision == "int8":
-        return report_int8(args, rows, variant, expected, seen, peers)
+        return report_int8(args, rows, variant, expected, seen, peers, lone)
     verdict = "PASS" if not mismatches else "FAIL"
     print(f"parity: {verdict} ({compared} stream-chunk texts compared, {len(mismatches)} differ)")
     for batch, k, j, want, got in mismatches[:10]:
@@ -255,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             "exact": not args.fast,
             "rounds": args.rounds,
             "unbatched": unbatched,
+            "interleaved_b1": lone,
             "batched": rows,
             "parity": {"verdict": verdict, "compared": compared, "mismatches": len(mismatches)},
             "funasr_onnx": peers,
@@ -263,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if not mismatches else 1
 
 
-def report_int8(args, rows, variant, expected, texts, peers=None) -> int:
+def report_int8(args, rows, variant, expected, texts, peers=None, lone=None) -> int:
     """Agreement of int8's texts with FunASR's float32 ones, and batch invariance (module docstring).
 
     Each stream counts once: its texts are the same at every batch size (the invariance check), so agreement is
@@ -278,6 +340,7 @@ def report_int8(args, rows, variant, expected, texts, peers=None) -> int:
     print(f"int8 batch invariance: {verdict} (every stream's texts equal at every batch size; {len(variant)} differ)")
     if args.out:
         result = {"precision": "int8", "batched": rows, **a, "invariant": not variant, "funasr_onnx": peers}
+        result["interleaved_b1"] = lone
         Path(args.out).write_text(json.dumps(result, indent=2))
     return 0 if not variant else 1
 
