@@ -29,6 +29,14 @@ def test_killed_worker_sessions_finish_on_another_worker_with_the_same_text(make
             0.1,
             "every session to get its first results",
         )
+        # the workers' stream counts come with their heartbeats: wait until they show every session
+        await asyncio.to_thread(
+            wait_until,
+            lambda: sum(w["streams"] for w in s.api_queue()["workers"]) >= len(clients),
+            10,
+            0.1,
+            "the workers' heartbeats to count every session",
+        )
         busiest = max(s.api_queue()["workers"], key=lambda w: w["streams"])
         procs[busiest["id"]].kill()  # SIGKILL: no goodbye, no deregistration
         return busiest, await asyncio.gather(*sessions)
