@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.model_throughput import OPTIONS
+from bench.models import ensure
 from config.settings import ROOT
-from tasks.modelgen import generate
 
 ROWS = (
     ("fbank", "fbank + LFR + CMVN (frontend)"),
@@ -147,10 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
-    model = Path(args.model) if args.model else ROOT / "models" / args.size
-    if not (model / "model.pt").exists():
-        print(f"generating the {args.size} model into {model} …", flush=True)
-        generate(model, args.size)
+    model = ensure(Path(args.model) if args.model else ROOT / "models" / args.size, "streaming", args.size)
     rounds = STAGGER + args.warmup + args.rounds
     streams = make_streams(max(batches), rounds)
 
